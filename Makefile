@@ -1,0 +1,54 @@
+# moa developer commands. `make test` and `make demo` set everything up on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PKGS := moa-plan moa-kernels moa-runtime moa-profiler moa-optimizer moa
+STAMP := $(VENV)/.installed
+# torch first, pinned, so pip takes the local CPU wheel instead of a multi-GB CUDA build.
+TORCH_PIN ?= torch==2.13.0
+SRC_DIRS := $(foreach p,$(PKGS),packages/$(p)/src)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test lint typecheck pytest test-slow test-gpu demo bench clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## Create .venv: torch (CPU wheel) first, then every package editable with test extras
+
+$(STAMP): $(foreach p,$(PKGS),packages/$(p)/pyproject.toml) Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
+	$(BIN)/python -m pip install -q ruff mypy pytest pytest-xdist hypothesis build
+	$(BIN)/python -m pip install -q $(foreach p,$(PKGS),-e "packages/$(p)[test]")
+	touch $@
+
+lint: setup ## Ruff lint and format check
+	$(BIN)/ruff check packages integration_tests tools
+	$(BIN)/ruff format --check packages integration_tests tools
+
+typecheck: setup ## mypy over every package's sources
+	$(BIN)/mypy $(SRC_DIRS)
+
+pytest: setup ## All tests except slow and gpu
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+
+test: lint typecheck pytest ## Lint + type check + all tests (what CI runs)
+
+test-slow: setup ## Slow tests (property fuzzing with >= 10,000 cases)
+	$(BIN)/python -m pytest -q -m slow; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+
+test-gpu: setup ## GPU tests (needs CUDA)
+	$(BIN)/python -m pytest -q -m gpu; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+
+demo: setup ## A short real run on committed data
+	$(BIN)/moa plan show ../shared/fixtures/moa-original-plans/lmsys--vicuna-7b-v1.5-16k.moa_alpha_beta.json 2>/dev/null \
+	  || $(BIN)/moa plan show packages/moa-plan/tests/golden/plan_v1_gqa.json
+
+bench: setup ## CPU benchmarks
+	@echo "no benchmarks yet (see issue 10)"
+
+clean: ## Remove the virtualenv and caches
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,26 @@
+"""Error types shared by every moa package.
+
+Every error a user can cause (a bad file, a wrong option, a plan for another model) is a
+`MoaError`: its message is one sentence that names the file or field and what was expected.
+The `moa` command turns it into exit code 2 without a traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MoaError", "PlanError", "ProfileError", "RecordsError"]
+
+
+class MoaError(Exception):
+    """Base class of errors caused by user input; the message is one sentence."""
+
+
+class PlanError(MoaError):
+    """A plan file or plan object is malformed or does not fit the model."""
+
+
+class ProfileError(MoaError):
+    """A profile file is malformed or does not fit the model or plan."""
+
+
+class RecordsError(MoaError):
+    """A dataset records file is malformed."""
