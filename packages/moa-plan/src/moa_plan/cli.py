@@ -56,7 +56,7 @@ class MoaGroup(click.Group):
     """A click group that loads ``moa.commands`` entry points and turns `MoaError` into exit 2."""
 
     def _plugins(self) -> dict[str, Any]:
-        found = {}
+        found: dict[str, Any] = {}
         for ep in entry_points(group="moa.commands"):
             found.setdefault(ep.name, ep)
         return found
@@ -126,14 +126,18 @@ def show(path: Path, lengths: list[int], model: str | None, as_json: bool) -> No
     plan = _load_any(path, model)
     densities = {n: plan.density(n) for n in lengths}
     if as_json:
-        click.echo(json.dumps({
-            "model": plan.model.model_dump(),
-            "sink": plan.sink,
-            "block": plan.block,
-            "kv_density": {str(n): d for n, d in densities.items()},
-            "attention_density": {str(n): plan.attention_density(n) for n in lengths},
-            "rules_per_layer": plan.rules_per_layer(),
-        }))
+        click.echo(
+            json.dumps(
+                {
+                    "model": plan.model.model_dump(),
+                    "sink": plan.sink,
+                    "block": plan.block,
+                    "kv_density": {str(n): d for n, d in densities.items()},
+                    "attention_density": {str(n): plan.attention_density(n) for n in lengths},
+                    "rules_per_layer": plan.rules_per_layer(),
+                }
+            )
+        )
         return
     fp = plan.model
     click.echo(
@@ -141,8 +145,10 @@ def show(path: Path, lengths: list[int], model: str | None, as_json: bool) -> No
         f"{fp.num_key_value_heads} KV heads ({fp.num_attention_heads} query heads), sink {plan.sink}, block {plan.block}"
     )
     if plan.provenance.method or plan.provenance.notes:
-        click.echo(f"made by {plan.provenance.creator} {plan.provenance.creator_version}: "
-                   f"{plan.provenance.method or ''} {plan.provenance.notes or ''}".rstrip())
+        click.echo(
+            f"made by {plan.provenance.creator} {plan.provenance.creator_version}: "
+            f"{plan.provenance.method or ''} {plan.provenance.notes or ''}".rstrip()
+        )
     click.echo("")
     click.echo("layer  rules (alpha + beta*N) -> KV heads")
     for layer, row in enumerate(plan.rules):
@@ -165,21 +171,29 @@ def show(path: Path, lengths: list[int], model: str | None, as_json: bool) -> No
 @click.option("--lengths", type=LengthList(), default=",".join(map(str, DEFAULT_LENGTHS)), show_default=True)
 @click.option("--max-rules-per-layer", type=click.IntRange(min=1), help="Most distinct rules in a layer.")
 def validate(
-    path: Path, model: str | None, budget: float | None, lower: float, lengths: list[int],
+    path: Path,
+    model: str | None,
+    budget: float | None,
+    lower: float,
+    lengths: list[int],
     max_rules_per_layer: int | None,
 ) -> None:
     """Check a plan file: schema, model fit and (with --budget) every budget constraint."""
-    plan = Plan.load(path)
-    fingerprint = _load_model(model)
-    if fingerprint is not None:
-        plan.check_compatible(fingerprint)
+    plan = _load_any(path, model)
     if budget is not None or max_rules_per_layer is not None:
-        problems = check_budget(plan, Budget(
-            lengths=lengths, upper=budget if budget is not None else 1.0, lower=lower,
-            max_rules_per_layer=max_rules_per_layer,
-        ))
+        problems = check_budget(
+            plan,
+            Budget(
+                lengths=lengths,
+                upper=budget if budget is not None else 1.0,
+                lower=lower,
+                max_rules_per_layer=max_rules_per_layer,
+            ),
+        )
         if problems:
-            raise PlanError(f"{path}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+            raise PlanError(
+                f"{path}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+            )
     click.echo(f"{path}: ok")
 
 

@@ -73,8 +73,7 @@ class ModelFingerprint(BaseModel):
         heads = _get(config, "num_attention_heads")
         if layers is None or heads is None:
             raise PlanError(
-                "model config has no num_hidden_layers / num_attention_heads; "
-                "is it a decoder-only transformers config?"
+                "model config has no num_hidden_layers / num_attention_heads; is it a decoder-only transformers config?"
             )
         kv_heads = _get(config, "num_key_value_heads") or heads
         head_dim = _get(config, "head_dim")

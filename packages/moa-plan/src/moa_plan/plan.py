@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -281,4 +280,3 @@ def save_plan(plan: Plan, path: str | Path) -> Path:
 def plans_equal_rules(a: Plan, b: Plan) -> bool:
     """True if two plans keep the same rules, sink and block (provenance ignored)."""
     return (a.rules, a.sink, a.block) == (b.rules, b.sink, b.block)
-

@@ -110,12 +110,12 @@ class Profile:
         hist = self.kv_hist() if kv else self.hist.astype(np.float64)
         edges = self.bucket_edges.astype(np.float64)
         # tail[k] = mass of buckets k.. ; evaluate at fractional bucket positions.
-        tail = np.concatenate([np.cumsum(hist[..., ::-1], axis=-1)[..., ::-1], np.zeros(hist.shape[:-1] + (1,))], -1)
+        tail = np.concatenate([np.cumsum(hist[..., ::-1], axis=-1)[..., ::-1], np.zeros((*hist.shape[:-1], 1))], -1)
         w = np.asarray(windows, dtype=np.float64)
         extra_axis = w.ndim == hist.ndim
         if not extra_axis:
             w = w[..., None]
-        w = np.broadcast_to(w, hist.shape[:-1] + (w.shape[-1],))
+        w = np.broadcast_to(w, (*hist.shape[:-1], w.shape[-1]))
         k = np.clip(np.searchsorted(edges, w, side="right") - 1, 0, len(edges) - 2)
         lo, hi = edges[k], edges[k + 1]
         frac = np.clip((w - lo) / (hi - lo), 0.0, 1.0)
@@ -134,7 +134,9 @@ def _validate(p: Profile, source: str) -> None:
     for name in ("length", "sink", "block", "num_samples"):
         value = getattr(p, name)
         if not isinstance(value, int | np.integer) or value < (1 if name in ("length", "block") else 0):
-            raise ProfileError(f"{source}: {name} must be a non-negative integer (length and block >= 1), got {value!r}")
+            raise ProfileError(
+                f"{source}: {name} must be a non-negative integer (length and block >= 1), got {value!r}"
+            )
     _check_array(p.hist, "hist", (fp.num_layers, fp.num_attention_heads, None), source)
     _check_array(p.sink_influence, "sink", (fp.num_layers, fp.num_attention_heads), source)
     buckets = p.hist.shape[-1]

@@ -1,0 +1,164 @@
+"""The profile file contract: round trip, validation, and window losses against brute force."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from moa_plan import ModelFingerprint, Profile, ProfileError, load_profile, save_profile
+
+FP = ModelFingerprint(architecture="LlamaForCausalLM", num_layers=2, num_attention_heads=4, num_key_value_heads=2)
+
+
+def make(length: int = 40, sink: int = 4, seed: int = 0, **kw: object) -> Profile:
+    rng = np.random.default_rng(seed)
+    return Profile(
+        model=FP,
+        length=length,
+        sink=sink,
+        block=4,
+        num_samples=3,
+        hist=rng.random((2, 4, length - sink)).astype(np.float32),
+        sink_influence=rng.random((2, 4)).astype(np.float32),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_roundtrip(tmp_path: Path) -> None:
+    p = make(mean_loss=1.25, notes="x", versions={"moa-profiler": "0.1.0"})
+    save_profile(p, tmp_path / "p.safetensors")
+    q = load_profile(tmp_path / "p.safetensors", model=FP)
+    np.testing.assert_array_equal(q.hist, p.hist)
+    np.testing.assert_array_equal(q.sink_influence, p.sink_influence)
+    assert (q.length, q.sink, q.block, q.num_samples, q.mean_loss, q.notes) == (40, 4, 4, 3, 1.25, "x")
+    assert q.versions == {"moa-profiler": "0.1.0"}
+
+
+def brute_window_loss(hist_kv: np.ndarray, w: int) -> np.ndarray:
+    out = np.zeros(hist_kv.shape[:-1])
+    for d in range(hist_kv.shape[-1]):
+        if d >= w:
+            out += hist_kv[..., d]
+    return out
+
+
+@pytest.mark.parametrize("w", [0, 1, 7, 35, 36, 100])
+def test_window_loss_exact(w: int) -> None:
+    p = make()
+    kv = p.hist.astype(np.float64).reshape(2, 2, 2, -1).sum(2)
+    np.testing.assert_allclose(p.window_loss(w), brute_window_loss(kv, w), rtol=1e-12)
+    np.testing.assert_allclose(p.window_loss(np.full((2, 4), w), kv=False), brute_window_loss(p.hist, w), rtol=1e-6)
+
+
+def test_window_loss_many_rules_per_head() -> None:
+    p = make()
+    windows = np.array([[[0, 5, 50], [1, 2, 3]], [[9, 9, 9], [36, 10, 20]]])
+    got = p.window_loss(windows)
+    kv = p.kv_hist()
+    for index in np.ndindex(windows.shape):
+        layer, head, _ = index
+        assert got[index] == pytest.approx(brute_window_loss(kv[layer, head], windows[index]))
+
+
+def test_bucketed_edges_exact_at_edges() -> None:
+    exact = make()
+    edges = np.array([0, 1, 4, 10, 36], dtype=np.int64)
+    sums = np.stack([exact.hist[..., a:b].sum(-1) for a, b in zip(edges[:-1], edges[1:], strict=True)], -1)
+    bucketed = Profile(
+        model=FP, length=40, sink=4, block=4, num_samples=3, hist=sums, sink_influence=exact.sink_influence, edges=edges
+    )
+    for w in edges:
+        np.testing.assert_allclose(bucketed.window_loss(int(w)), exact.window_loss(int(w)), rtol=1e-5)
+
+
+def _write(path: Path, tensors: dict, meta: dict) -> Path:
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def good_meta() -> dict[str, str]:
+    return {
+        "format": "moa-profile",
+        "format_version": "1",
+        "fingerprint": FP.model_dump_json(),
+        "length": "40",
+        "sink": "4",
+        "block": "4",
+        "num_samples": "3",
+    }
+
+
+def good_tensors() -> dict[str, np.ndarray]:
+    return {"hist": np.ones((2, 4, 36), np.float32), "sink": np.ones((2, 4), np.float32)}
+
+
+BAD = [
+    ("nan", {"hist": np.full((2, 4, 36), np.nan, np.float32)}, {}, "NaN or infinite"),
+    ("negative", {"hist": -np.ones((2, 4, 36), np.float32)}, {}, "negative"),
+    ("wrong-shape", {"hist": np.ones((3, 4, 36), np.float32)}, {}, "expected [2, 4, *]"),
+    ("wrong-buckets", {"hist": np.ones((2, 4, 30), np.float32)}, {}, "needs 36"),
+    ("int-dtype", {"hist": np.ones((2, 4, 36), np.int32)}, {}, "float32 or float64"),
+    ("sink-shape", {"sink": np.ones((2,), np.float32)}, {}, "tensor sink"),
+    ("extra-tensor", {"junk": np.ones(2, np.float32)}, {}, "unknown tensors"),
+    ("bad-format", {}, {"format": "other"}, "expected 'moa-profile'"),
+    ("future", {}, {"format_version": "9"}, "format_version 9"),
+    ("length-text", {}, {"length": "abc"}, "metadata length must be an integer"),
+    ("bad-fingerprint", {}, {"fingerprint": "{}"}, "fingerprint is invalid"),
+    (
+        "edges-not-monotone",
+        {"hist": np.ones((2, 4, 2), np.float32), "edges": np.array([0, 5, 3], np.int64)},
+        {},
+        "strictly increase",
+    ),
+]
+
+
+@pytest.mark.parametrize(("tensors", "meta", "expected"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_profiles(tmp_path: Path, tensors: dict, meta: dict, expected: str) -> None:
+    t = good_tensors() | tensors
+    m = good_meta() | meta
+    path = _write(tmp_path / "p.safetensors", t, m)
+    with pytest.raises(ProfileError) as info:
+        load_profile(path)
+    assert expected in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_missing_metadata(tmp_path: Path) -> None:
+    meta = good_meta()
+    del meta["sink"]
+    with pytest.raises(ProfileError, match="lacks sink"):
+        load_profile(_write(tmp_path / "p.safetensors", good_tensors(), meta))
+
+
+def test_truncated_and_garbage(tmp_path: Path) -> None:
+    good = _write(tmp_path / "good.safetensors", good_tensors(), good_meta())
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(good.read_bytes()[:100])
+    with pytest.raises(ProfileError, match="not a readable safetensors profile"):
+        load_profile(cut)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 7)
+    with pytest.raises(ProfileError, match="not a readable safetensors profile"):
+        load_profile(junk)
+
+
+def test_fingerprint_mismatch(tmp_path: Path) -> None:
+    path = _write(tmp_path / "p.safetensors", good_tensors(), good_meta())
+    other = FP.model_copy(update={"num_layers": 3})
+    with pytest.raises(ProfileError, match="num_layers: plan has 2, model has 3"):
+        load_profile(path, model=other)
+
+
+def test_metadata_is_plain_strings(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    path = save_profile(make(), tmp_path / "p.safetensors")
+    with safe_open(str(path), framework="numpy") as handle:
+        meta = handle.metadata()
+    assert json.loads(meta["fingerprint"])["num_layers"] == 2
+    assert all(isinstance(v, str) for v in meta.values())
