@@ -44,8 +44,7 @@ test-gpu: setup ## GPU tests (needs CUDA)
 	$(BIN)/python -m pytest -q -m gpu; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 demo: setup ## A short real run on committed data
-	$(BIN)/moa plan show ../shared/fixtures/moa-original-plans/lmsys--vicuna-7b-v1.5-16k.moa_alpha_beta.json 2>/dev/null \
-	  || $(BIN)/moa plan show packages/moa-plan/tests/golden/plan_v1_gqa.json
+	$(BIN)/moa plan show packages/moa-plan/tests/fixtures/moa-original-plans/lmsys--vicuna-7b-v1.5-16k.moa_alpha_beta.json
 
 bench: setup ## CPU benchmarks
 	@echo "no benchmarks yet (see issue 10)"
