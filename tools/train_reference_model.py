@@ -1,0 +1,220 @@
+"""Train the moa reference model: a small GQA Llama that retrieves over 2048-token chat prompts.
+
+Recipe (see models/moa-reference/README.md and ../shared/research/reference-model-notes.md):
+compact ``line <key> <value>`` lines with questions asked inline as chat turns, answer-token
+loss weight 2, no loss on random keys/values, Markov filler for local heads, passkey, multi-key
+and the rewrite (calibration) task in the mix, and an adaptive length curriculum that moves to
+the next length once answer accuracy at the current one reaches ``--advance`` (0.85).
+
+Example::
+
+    nohup nice -n 10 .venv/bin/python tools/train_reference_model.py --out runs/ref \\
+        --minutes 75 > /tmp/train.log 2>&1 &
+
+Re-running the same command resumes from ``<out>/checkpoint.pt`` (written atomically every
+``--checkpoint-minutes``). The final model is saved in Hugging Face format to ``<out>/model``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from build_tokenizer import build_tokenizer
+from reference_data import LINES_ANSWER, NEEDLE_ANSWER, REWRITE_ANSWER, Builder, batch
+
+from moa_plan.tasks import generate, to_messages
+
+log = logging.getLogger("train_reference_model")
+STAGES = (64, 128, 256, 512, 768, 1024, 1536, 2048)
+MIX = {"lines": 0.5, "rewrite": 0.1, "passkey": 0.15, "multikey": 0.15, "local": 0.1}
+
+
+def make_model(tokenizer, args: argparse.Namespace) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=args.hidden,
+        intermediate_size=4 * args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        head_dim=args.hidden // args.heads,
+        max_position_embeddings=4096,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        attention_dropout=0.0,
+    )
+    torch.manual_seed(args.seed)
+    return LlamaForCausalLM(config)
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def quick_eval(model, tokenizer, length: int, n: int, seed: int) -> dict[str, float]:
+    """Greedy next-token accuracy on chat-formatted lines and passkey prompts of ``length`` tokens."""
+    model.eval()
+    out = {}
+    count = lambda s: len(s.split())  # noqa: E731
+    for task in ("lines", "passkey"):
+        recs = generate(task, n, target_length=length, count_tokens=count, seed=seed, overhead=3)
+        hits = 0
+        for r in recs:
+            ids = tokenizer.apply_chat_template(to_messages(r), add_generation_prompt=True, return_tensors="pt")
+            ids = ids["input_ids"] if not torch.is_tensor(ids) else ids
+            pred = model(input_ids=ids).logits[0, -1].argmax().item()
+            hits += tokenizer.convert_ids_to_tokens(pred) == r.answer
+        out[task] = hits / n
+    model.train()
+    return out
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=Path("runs/reference"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--tokens-per-step", type=int, default=8192)
+    p.add_argument("--advance", type=float, default=0.85)
+    p.add_argument("--max-length", type=int, default=2048)
+    p.add_argument("--minutes", type=float, default=75.0, help="wall-clock training budget")
+    p.add_argument("--max-steps", type=int, default=1_000_000)
+    p.add_argument("--checkpoint-minutes", type=float, default=3.0)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--threads", type=int, default=2)
+    return p.parse_args(argv)
+
+
+def step_loss(model, ids, w, kind) -> tuple[torch.Tensor, dict[int, tuple[int, int]]]:
+    logits = model(input_ids=ids).logits[:, :-1].float()
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+    loss = (ce * w.reshape(-1)).sum() / w.sum()
+    hit = logits.argmax(-1) == ids[:, 1:]
+    stats = {
+        k: (int((hit & (kind == k)).sum()), int((kind == k).sum()))
+        for k in (LINES_ANSWER, NEEDLE_ANSWER, REWRITE_ANSWER)
+    }
+    return loss, stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    model = make_model(tokenizer, args)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    state = {"step": 0, "stage": 0, "acc": 0.0, "elapsed": 0.0, "history": []}
+    ckpt = args.out / "checkpoint.pt"
+    if ckpt.exists():
+        saved = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        state = saved["state"]
+        log.info("resumed at step %d (length %d)", state["step"], STAGES[state["stage"]])
+    log.info("parameters: %d", sum(p.numel() for p in model.parameters()))
+    builder = Builder(tokenizer)
+    stages = [s for s in STAGES if s <= args.max_length]
+    start, last_ckpt = time.time() - state["elapsed"], time.time()
+    bar = tqdm(total=int(args.minutes * 60), unit="s", mininterval=30, initial=int(state["elapsed"]))
+    model.train()
+    while state["step"] < args.max_steps and time.time() - start < args.minutes * 60:
+        rng = np.random.default_rng([args.seed, state["step"]])
+        top = state["stage"]
+        stage = top if rng.random() < 0.7 or top == 0 else int(rng.integers(0, top))
+        length = stages[stage]
+        ids, w, kind = (
+            torch.from_numpy(x) for x in batch(builder, rng, length, max(1, args.tokens_per_step // length), MIX)
+        )
+        lr = args.lr * min(1.0, (state["step"] + 1) / 100)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss, stats = step_loss(model, ids, w, kind)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        state["step"] += 1
+        hits, total = stats[LINES_ANSWER]
+        if stage == top and total:
+            state["acc"] = 0.9 * state["acc"] + 0.1 * hits / total
+            if state["acc"] >= args.advance and top + 1 < len(stages):
+                state["stage"] += 1
+                state["acc"] = 0.0
+                log.info("step %d: advancing to length %d", state["step"], stages[state["stage"]])
+        now = time.time()
+        state["elapsed"] = now - start
+        bar.n = int(state["elapsed"])
+        bar.set_postfix(
+            step=state["step"], len=stages[top], loss=f"{loss.item():.3f}", acc=f"{state['acc']:.2f}", refresh=False
+        )
+        bar.update(0)
+        if state["step"] % 50 == 0:
+            needle = stats[NEEDLE_ANSWER]
+            log.info(
+                "step %d len %d loss %.3f lines-acc %.2f needle %d/%d rewrite %d/%d",
+                state["step"],
+                length,
+                loss.item(),
+                state["acc"],
+                *needle,
+                *stats[REWRITE_ANSWER],
+            )
+        if state["step"] % args.eval_every == 0:
+            res = {n: quick_eval(model, tokenizer, n, 40, seed=10_000 + state["step"]) for n in (512, 1024, 2048)}
+            state["history"].append(
+                {"step": state["step"], "elapsed": state["elapsed"], **{str(k): v for k, v in res.items()}}
+            )
+            log.info("eval step %d: %s", state["step"], json.dumps(res))
+        if now - last_ckpt > args.checkpoint_minutes * 60:
+            save_atomic(
+                {"model": model.state_dict(), "opt": opt.state_dict(), "state": state, "args": vars(args)}, ckpt
+            )
+            last_ckpt = now
+    bar.close()
+    save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "state": state, "args": vars(args)}, ckpt)
+    export(model, tokenizer, args.out / "model", state)
+    return 0
+
+
+def export(model, tokenizer, out: Path, state: dict) -> None:
+    model.config.use_cache = True
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+        max_new_tokens=16,
+    ).save_pretrained(out)
+    (out / "training_state.json").write_text(json.dumps({k: v for k, v in state.items()}, indent=1, default=str))
+    log.info("saved %s", out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
