@@ -1,5 +1,19 @@
-"""moa-kernels: Triton prefill and decode kernels for per-head sink + sliding-window attention, each beside a PyTorch reference."""
+"""moa-kernels: Triton prefill and decode kernels for per-head sink + sliding-window attention, each beside a PyTorch reference.
+
+Importing this package does not import triton; the Triton kernels are loaded on first use.
+"""
+
+from moa_kernels._checks import KernelInputError
+from moa_kernels.ops.moa_decode import moa_decode, reference_moa_decode
+from moa_kernels.ops.moa_prefill import moa_prefill, reference_moa_prefill
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "KernelInputError",
+    "__version__",
+    "moa_decode",
+    "moa_prefill",
+    "reference_moa_decode",
+    "reference_moa_prefill",
+]

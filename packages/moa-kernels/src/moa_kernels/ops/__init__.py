@@ -1,0 +1,1 @@
+"""Ops: one folder per op, each with ``reference.py`` (PyTorch), ``triton.py`` (kernel) and ``README.md``."""

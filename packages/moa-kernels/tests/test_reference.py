@@ -1,0 +1,144 @@
+"""The PyTorch references against the explicit-mask dense SDPA oracle, in fp64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moa_kernels import KernelInputError, moa_decode, moa_prefill, reference_moa_decode, reference_moa_prefill
+from moa_kernels.testing import RingCache, dense_oracle_prefill
+
+# (B, T, HQ, H, D, sink, windows, start)
+PREFILL_CASES = [
+    pytest.param(2, 113, 8, 2, 16, 4, [5, 200], [0, 7], id="B2-T113-HQ8-H2-D16-mixed-pad"),
+    pytest.param(1, 64, 4, 4, 8, 16, [0, 0, 0, 0], None, id="B1-T64-HQ4-H4-D8-span=sink"),
+    pytest.param(3, 97, 4, 1, 8, 8, [16], [0, 3, 96], id="B3-T97-HQ4-H1-D8-G4-pad"),
+    pytest.param(2, 130, 4, 2, 8, 16, [64, 300], [5, 0], id="B2-T130-HQ4-H2-D8-block-and-dense"),
+    pytest.param(1, 33, 2, 2, 8, 0, [1, 7], None, id="B1-T33-HQ2-H2-D8-nosink"),
+    pytest.param(2, 40, 2, 1, 8, 64, [3], [0, 40], id="B2-T40-HQ2-H1-D8-sink>T-allpad"),
+]
+
+
+def _inputs(b, t, hq, h, d, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, t, hq, d, generator=g, dtype=dtype)
+    k = torch.randn(b, t, h, d, generator=g, dtype=dtype)
+    v = torch.randn(b, t, h, d, generator=g, dtype=dtype)
+    return q, k, v
+
+
+def _assert_lse_close(lse, ref, atol):
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(ref))
+    fin = torch.isfinite(ref)
+    torch.testing.assert_close(lse[fin].to(ref.dtype), ref[fin], atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize(("b", "t", "hq", "h", "d", "sink", "windows", "start"), PREFILL_CASES)
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_reference_prefill_matches_oracle_fp64(b, t, hq, h, d, sink, windows, start, chunk):
+    q, k, v = _inputs(b, t, hq, h, d)
+    w = torch.tensor(windows)
+    st = None if start is None else torch.tensor(start)
+    o, lse = reference_moa_prefill(q, k, v, sink=sink, windows=w, start=st, return_lse=True, chunk_size=chunk)
+    o_ref, lse_ref = dense_oracle_prefill(q, k, v, sink=sink, windows=w, start=st)
+    torch.testing.assert_close(o, o_ref, atol=1e-12, rtol=0)
+    _assert_lse_close(lse, lse_ref, 1e-12)
+
+
+def test_reference_prefill_padded_rows_are_zero():
+    q, k, v = _inputs(2, 20, 2, 1, 4)
+    o, lse = moa_prefill(q, k, v, sink=2, windows=torch.tensor([4]), start=torch.tensor([5, 0]), return_lse=True)
+    assert torch.all(o[0, :5] == 0)
+    assert torch.all(torch.isneginf(lse[0, :, :5]))
+    assert torch.all(torch.isfinite(lse[1]))
+
+
+def test_reference_prefill_low_precision_keeps_dtype():
+    q, k, v = _inputs(1, 30, 4, 2, 8, dtype=torch.float16)
+    o, lse = moa_prefill(q, k, v, sink=4, windows=torch.tensor([3, 8]), return_lse=True, implementation="reference")
+    assert o.dtype == torch.float16
+    assert lse.dtype == torch.float32
+    o_ref, _ = dense_oracle_prefill(q.double(), k.double(), v.double(), sink=4, windows=torch.tensor([3, 8]))
+    torch.testing.assert_close(o.double(), o_ref, atol=2e-3, rtol=0)
+
+
+# (B, T, HQ, H, D, sink, windows, start)
+DECODE_CASES = [
+    pytest.param(2, 45, 4, 2, 8, 4, [5, 100], [0, 6], id="B2-T45-HQ4-H2-D8-mixed-pad"),
+    pytest.param(1, 20, 2, 2, 8, 8, [0, 3], None, id="B1-T20-HQ2-H2-D8-span=sink"),
+    pytest.param(3, 30, 4, 1, 8, 2, [7], [0, 29, 30], id="B3-T30-HQ4-H1-D8-G4-ragged"),
+]
+
+
+@pytest.mark.parametrize(("b", "t", "hq", "h", "d", "sink", "windows", "start"), DECODE_CASES)
+def test_reference_decode_over_ring_cache_matches_oracle_fp64(b, t, hq, h, d, sink, windows, start):
+    """Decode of the last token over the ring cache == the last row of the dense masked prefill."""
+    q, k, v = _inputs(b, t, hq, h, d)
+    w = torch.tensor(windows)
+    st = torch.zeros(b, dtype=torch.int64) if start is None else torch.tensor(start)
+    cache = RingCache.empty(b, d, sink=sink, windows=w, dtype=q.dtype)
+    cache.extend(k, v, start=st)
+    o, lse = reference_moa_decode(
+        q[:, -1], cache.k, cache.v, seg_start=cache.seg_start, lengths=cache.lengths, return_lse=True
+    )
+    o_ref, lse_ref = dense_oracle_prefill(q, k, v, sink=sink, windows=w, start=st)
+    torch.testing.assert_close(o, o_ref[:, -1], atol=1e-12, rtol=0)
+    _assert_lse_close(lse, lse_ref[:, :, -1], 1e-12)
+
+
+def test_reference_decode_slot_order_does_not_matter():
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 4, 8, generator=g, dtype=torch.float64)
+    kc = torch.randn(2, 30, 8, generator=g, dtype=torch.float64)
+    vc = torch.randn(2, 30, 8, generator=g, dtype=torch.float64)
+    seg = torch.tensor([0, 10])
+    lens = torch.tensor([[10, 20], [3, 0]])
+    o, lse = moa_decode(q, kc, vc, seg_start=seg, lengths=lens, return_lse=True)
+    perm = torch.cat([torch.randperm(10, generator=g), 10 + torch.randperm(20, generator=g)])
+    # Row 0 fills both segments, so a permutation inside segments keeps its valid set.
+    o2 = reference_moa_decode(q[:1], kc[:1, perm], vc[:1, perm], seg_start=seg, lengths=lens[:1])
+    torch.testing.assert_close(o2, o[:1], atol=1e-12, rtol=0)
+    assert torch.all(o[1, 2:] == 0)
+    assert torch.all(torch.isneginf(lse[1, 2:]))
+    # Brute force for row 1, head 0: 3 valid slots.
+    s = (q[1, :2] @ kc[1, :3].T) * 8**-0.5
+    torch.testing.assert_close(o[1, :2], torch.softmax(s, -1) @ vc[1, :3], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(windows=torch.tensor([1, 2, 3])), "one entry per KV head"),
+        (dict(start=torch.tensor([0, 99])), "start"),
+        (dict(implementation="cuda"), "implementation"),
+    ],
+)
+def test_prefill_bad_input_raises_one_sentence(kwargs, match):
+    q, k, v = _inputs(2, 10, 4, 2, 4)
+    args = dict(sink=2, windows=torch.tensor([3, 4]))
+    args.update(kwargs)
+    with pytest.raises(KernelInputError, match=match):
+        moa_prefill(q, k, v, **args)
+
+
+def test_prefill_gqa_mismatch_raises():
+    q, k, v = _inputs(1, 10, 3, 2, 4)
+    with pytest.raises(KernelInputError, match="multiple"):
+        moa_prefill(q, k, v, sink=2, windows=torch.tensor([3, 4]))
+
+
+def test_decode_bad_lengths_raise():
+    q = torch.randn(1, 2, 4)
+    kc = torch.randn(1, 10, 4)
+    with pytest.raises(KernelInputError, match="past the end"):
+        moa_decode(q, kc, kc, seg_start=torch.tensor([0, 5]), lengths=torch.tensor([[5, 6]]))
+    with pytest.raises(KernelInputError, match="lengths"):
+        moa_decode(q, kc, kc, seg_start=torch.tensor([0, 5]), lengths=torch.tensor([5, 5]))
+
+
+def test_import_does_not_import_triton():
+    import subprocess
+    import sys
+
+    code = "import sys, moa_kernels; assert 'triton' not in sys.modules, 'triton imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
