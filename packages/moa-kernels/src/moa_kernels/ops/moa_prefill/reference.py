@@ -119,6 +119,15 @@ def _chunk_head(
     return out, lse
 
 
+def _auto_chunk(seqlen: int, rows: int, sink: int, windows: list[int]) -> int:
+    """Queries per chunk: about half the typical window (so a chunk's band wastes little work), capped
+    so one score matrix stays near ``_SCORE_BUDGET`` elements."""
+    typical = sorted(windows)[len(windows) // 2] if windows else seqlen
+    keys_est = max(1, min(seqlen, sink + max([*windows, 1]) + 64))
+    cap = max(16, _SCORE_BUDGET // max(1, rows * keys_est))
+    return max(16, min(cap, max(64, typical // 2)))
+
+
 def reference_moa_prefill(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -160,8 +169,7 @@ def reference_moa_prefill(
     smin = int(start_t.min()) if bsz > 0 else 0
     smax = int(start_t.max()) if bsz > 0 else 0
     if chunk_size is None:
-        keys_est = max(1, min(seqlen, sink + max([*win, 1]) + 64))
-        chunk_size = max(16, _SCORE_BUDGET // max(1, bsz * g * keys_est))
+        chunk_size = _auto_chunk(seqlen, bsz * g, sink, win)
     if chunk_size <= 0:
         raise KernelInputError(f"chunk_size must be positive, got {chunk_size}.")
     lse_dtype = torch.float64 if cdt == torch.float64 else torch.float32
