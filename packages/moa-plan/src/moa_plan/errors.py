@@ -11,7 +11,14 @@ __all__ = ["MoaError", "PlanError", "ProfileError", "RecordsError"]
 
 
 class MoaError(Exception):
-    """Base class of errors caused by user input; the message is one sentence."""
+    """Base class of errors caused by user input; the message is one sentence.
+
+    Whitespace in the message (including newlines from file contents or third-party errors) is
+    collapsed, so the message is always one line.
+    """
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(" ".join(str(message).split()))
 
 
 class PlanError(MoaError):
