@@ -1,0 +1,143 @@
+"""The profiling attention function: ordinary causal attention that records q, k, v, o and dL/do.
+
+It is registered with transformers' `AttentionInterface` by an explicit call
+(`register_profiling_attention`) and selected with ``model.set_attn_implementation("moa_profile")``.
+Inside `recording(recorder)` every call stores, per layer, the detached query ``[HQ, T, D]``, the
+un-repeated keys and values ``[H, T, D]`` (after RoPE) and the output ``[HQ, T, D]``, and hooks the
+output so the backward pass stores ``dO = dL/do``. Outside `recording` it is plain SDPA.
+Only unpadded batches of one sequence are profiled, so no mask is needed: the name has no entry in
+transformers' mask registry and the function applies causality itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from moa_profiler.errors import ProfilerError
+
+__all__ = [
+    "PROFILE_ATTENTION",
+    "LayerRecord",
+    "Recorder",
+    "profiling_attention",
+    "recording",
+    "register_profiling_attention",
+]
+
+PROFILE_ATTENTION = "moa_profile"
+_ACTIVE: ContextVar[Recorder | None] = ContextVar("moa_profiler_recorder", default=None)
+
+
+@dataclass
+class LayerRecord:
+    """What one attention layer saw on one sequence (batch of one).
+
+    Attributes:
+        q: ``[HQ, T, D]`` queries after RoPE, model dtype.
+        k: ``[H, T, D]`` keys after RoPE, not repeated over the query group.
+        v: ``[H, T, D]`` values.
+        o: ``[HQ, T, D]`` attention output (before the output projection).
+        do: ``[HQ, T, D]`` dL/do, filled by the backward pass (None before it).
+        scale: Softmax scale of the scores.
+    """
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    o: torch.Tensor
+    scale: float
+    do: torch.Tensor | None = None
+
+
+@dataclass
+class Recorder:
+    """Per-layer records of one forward (and backward) pass, keyed by layer index."""
+
+    layers: dict[int, LayerRecord] = field(default_factory=dict)
+
+    def capture(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, scale: float
+    ) -> None:
+        """Store detached copies of one layer's tensors and hook ``out`` for its gradient.
+
+        Args:
+            layer: Layer index.
+            q: ``[1, HQ, T, D]``; k, v: ``[1, H, T, D]``; out: ``[1, T, HQ, D]`` (requires grad).
+            scale: Softmax scale.
+        """
+        if layer in self.layers:
+            raise ProfilerError(f"layer {layer} ran twice in one profiled forward pass; is the model using a cache?")
+        record = LayerRecord(
+            q=q[0].detach(), k=k[0].detach(), v=v[0].detach(), o=out[0].detach().transpose(0, 1), scale=scale
+        )
+        self.layers[layer] = record
+
+        def store(grad: torch.Tensor) -> None:
+            record.do = grad[0].detach().transpose(0, 1)
+
+        if out.requires_grad:
+            out.register_hook(store)
+
+
+@contextlib.contextmanager
+def recording(recorder: Recorder) -> Iterator[Recorder]:
+    """Make `profiling_attention` store into ``recorder`` within the block."""
+    token = _ACTIVE.set(recorder)
+    try:
+        yield recorder
+    finally:
+        _ACTIVE.reset(token)
+
+
+def profiling_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Causal attention in transformers' attention-interface signature.
+
+    Args:
+        module: The attention module (its ``layer_idx`` names the layer).
+        query: ``[B, HQ, T, D]``; key, value: ``[B, H, T, D]``.
+        attention_mask: Must be None (profiling runs unpadded sequences).
+        dropout: Ignored (profiling runs in eval mode).
+        scaling: Softmax scale; ``D ** -0.5`` when None.
+
+    Returns:
+        ``([B, T, HQ, D], None)``.
+    """
+    if attention_mask is not None:
+        raise ProfilerError("the profiling attention got an attention mask; profile unpadded single sequences only")
+    heads, kv_heads, length = query.shape[1], key.shape[1], query.shape[2]
+    scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
+    group = heads // kv_heads
+    k = key.repeat_interleave(group, dim=1) if group > 1 else key
+    v = value.repeat_interleave(group, dim=1) if group > 1 else value
+    out = F.scaled_dot_product_attention(query, k, v, is_causal=length > 1, scale=scale).transpose(1, 2).contiguous()
+    recorder = _ACTIVE.get()
+    if recorder is not None:
+        if query.shape[0] != 1:
+            raise ProfilerError(f"profiling records one sequence at a time, got a batch of {query.shape[0]}")
+        layer = getattr(module, "layer_idx", None)
+        recorder.capture(len(recorder.layers) if layer is None else int(layer), query, key, value, out, scale)
+    return out, None
+
+
+def register_profiling_attention() -> str:
+    """Register `profiling_attention` with transformers under `PROFILE_ATTENTION` and return the name."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(PROFILE_ATTENTION, profiling_attention)
+    return PROFILE_ATTENTION

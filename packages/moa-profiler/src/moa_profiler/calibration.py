@@ -1,0 +1,240 @@
+"""Build a model-aligned calibration set: chat template, greedy answers from the model, exact lengths.
+
+For each record the prompt (chat template with ``add_generation_prompt=True``, or plain text) is
+tokenised once with character offsets, which locate the context tokens. A record goes to the
+largest bucket N not longer than its prompt; its context is cut in the middle so that
+``prompt + answer`` has exactly N tokens. The answer length is only known after generation, so
+generation runs in rounds: first on the prompt cut for a ``max_new_tokens`` answer; an answer of
+``a < cap`` tokens re-fits the prompt for exactly ``a`` answer tokens and regenerates with cap ``a``
+until the answer fills its room (lengths only shrink, so this ends; usually after two rounds).
+The stored tokens are the prompt the model saw and the tokens it generated; the answer span is
+located from the template: the rendered conversation must start with the rendered generation
+prompt (token for token), and the answer starts right after it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from moa_plan import Record
+from moa_profiler.dataset import CalibrationSample
+from moa_profiler.errors import CalibrationError
+from moa_profiler.generation import generate_greedy, stop_token_ids
+
+__all__ = ["CalibrationSettings", "EncodedPrompt", "build_calibration", "encode_prompt", "fit_prompt"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CalibrationSettings:
+    """How records become calibration samples.
+
+    Attributes:
+        buckets: Exact sample lengths N (tokens).
+        max_new_tokens: Cap on answer tokens.
+        batch_size: Generation batch (left padded).
+        template: ``chat`` (the tokenizer's chat template, required) or ``plain`` (raw text).
+        max_cut: Largest fraction of a record's context that fitting may remove.
+        skip_unfit: Drop records that fit no bucket (with a warning) instead of failing.
+        max_per_bucket: Keep at most this many samples per bucket (None: all).
+        system: Optional system message for the chat template.
+    """
+
+    buckets: tuple[int, ...]
+    max_new_tokens: int = 64
+    batch_size: int = 4
+    template: str = "chat"
+    max_cut: float = 0.5
+    skip_unfit: bool = False
+    max_per_bucket: int | None = None
+    system: str | None = None
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """A tokenised prompt with its context tokens at ``ids[c0:c1]``."""
+
+    ids: list[int]
+    c0: int
+    c1: int
+    text: str
+    messages: list[dict[str, str]] | None
+
+    @property
+    def overhead(self) -> int:
+        """Prompt tokens that are not context (template, question)."""
+        return len(self.ids) - (self.c1 - self.c0)
+
+
+def _user_text(record: Record) -> str:
+    return f"{record.context}\n{record.question}" if record.question else record.context
+
+
+def encode_prompt(
+    tokenizer: Any, record: Record, *, template: str = "chat", system: str | None = None
+) -> EncodedPrompt:
+    """Render and tokenise a record's prompt; locate its context tokens by character offsets.
+
+    Raises:
+        CalibrationError: no chat template (when required), a template that drops the context,
+            or a tokenizer without offsets.
+    """
+    if not record.context.strip():
+        raise CalibrationError(f"a {record.task!r} record has an empty context")
+    user = _user_text(record)
+    messages = None
+    if template == "chat":
+        if not getattr(tokenizer, "chat_template", None):
+            raise CalibrationError(
+                "the tokenizer has no chat template, which --template chat requires (use --template plain for base models)"
+            )
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        special = False
+    else:
+        text, special = user, True
+    if not getattr(tokenizer, "is_fast", False):
+        raise CalibrationError("calibration needs a fast tokenizer (character offsets locate the context)")
+    enc = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
+    pos = text.find(record.context)
+    if pos < 0:
+        raise CalibrationError("the chat template does not contain the record's context verbatim")
+    end = pos + len(record.context)
+    inside = [t for t, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a >= pos and b <= end]
+    if not inside:
+        raise CalibrationError(f"a {record.task!r} record's context has no token of its own")
+    return EncodedPrompt(list(enc["input_ids"]), inside[0], inside[-1] + 1, text, messages)
+
+
+def fit_prompt(prompt: EncodedPrompt, keep: int) -> list[int]:
+    """The prompt with only ``keep`` context tokens: the first and last halves, the middle cut."""
+    head = keep // 2
+    tail = keep - head
+    ids = prompt.ids
+    return ids[: prompt.c0 + head] + ids[prompt.c1 - tail : prompt.c1] + ids[prompt.c1 :]
+
+
+def _bucket(prompt: EncodedPrompt, settings: CalibrationSettings, name: str) -> int | None:
+    """The largest bucket the prompt can fill, or None (or an error) when it fits none."""
+    size, context, cap = len(prompt.ids), prompt.c1 - prompt.c0, settings.max_new_tokens
+    fitting = [b for b in sorted(settings.buckets) if b <= size]
+    problem = None
+    if not fitting:
+        problem = (
+            f"{name} has {size} prompt tokens, shorter than every bucket ({min(settings.buckets)} is the smallest)"
+        )
+    else:
+        bucket = fitting[-1]
+        keep = bucket - cap - prompt.overhead
+        if keep < 2:
+            problem = f"{name}: template and question ({prompt.overhead} tokens) plus a {cap}-token answer do not fit bucket {bucket}"
+        elif (context - keep) / context > settings.max_cut:
+            problem = (
+                f"{name} has {size} prompt tokens, longer than every bucket: fitting it to {bucket} would cut "
+                f"{(context - keep) / context:.0%} of its context (--max-cut {settings.max_cut:g})"
+            )
+        else:
+            return bucket
+    if settings.skip_unfit:
+        logger.warning("skipping %s", problem)
+        return None
+    raise CalibrationError(problem)
+
+
+def _check_template(tokenizer: Any, prompt: EncodedPrompt, answer: list[int], stops: set[int], name: str) -> bool:
+    """Check the rendered conversation starts with the generation prompt; True if the answer re-renders exactly."""
+    if prompt.messages is None:
+        return True
+    content = answer[:-1] if answer and answer[-1] in stops else answer
+    reply = tokenizer.decode(content, skip_special_tokens=True)
+    full = tokenizer.apply_chat_template(
+        [*prompt.messages, {"role": "assistant", "content": reply}], tokenize=False, add_generation_prompt=False
+    )
+    full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    if not full.startswith(prompt.text) or full_ids[: len(prompt.ids)] != prompt.ids:
+        raise CalibrationError(
+            f"{name}: the chat template does not render the generation prompt as a prefix of the conversation, "
+            "so the answer span cannot be located"
+        )
+    return full_ids[len(prompt.ids) : len(prompt.ids) + len(content)] == content
+
+
+def build_calibration(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    records: Sequence[Record],
+    settings: CalibrationSettings,
+    *,
+    source: str = "",
+    progress: bool = False,
+) -> list[CalibrationSample]:
+    """Fit records to buckets and answer them with the model (greedy); see the module docstring.
+
+    Raises:
+        CalibrationError: empty input, a record that fits no bucket (unless ``skip_unfit``), no chat
+            template, or a template whose generation prompt is not a prefix of the conversation.
+    """
+    if not records:
+        raise CalibrationError("the calibration input holds no records")
+    prompts: dict[int, tuple[EncodedPrompt, int]] = {}
+    per_bucket: dict[int, int] = {}
+    for index, record in enumerate(records):
+        prompt = encode_prompt(tokenizer, record, template=settings.template, system=settings.system)
+        bucket = _bucket(prompt, settings, f"record {index} ({record.task})")
+        if bucket is None or per_bucket.get(bucket, 0) >= (settings.max_per_bucket or len(records)):
+            continue
+        per_bucket[bucket] = per_bucket.get(bucket, 0) + 1
+        prompts[index] = (prompt, bucket)
+    if not prompts:
+        raise CalibrationError("no record fits any bucket")
+    stops = stop_token_ids(model, tokenizer)
+    pending = {index: settings.max_new_tokens for index in prompts}
+    done: dict[int, tuple[list[int], list[int]]] = {}
+    bar = tqdm(total=len(prompts), desc="answering", unit="sample", disable=not progress)
+    while pending:
+        order = sorted(pending)
+        fitted = [fit_prompt(prompts[i][0], prompts[i][1] - pending[i] - prompts[i][0].overhead) for i in order]
+        answers = generate_greedy(
+            model, tokenizer, fitted, [pending[i] for i in order], stops=stops, batch_size=settings.batch_size
+        )
+        nxt = {}
+        for i, ids, answer in zip(order, fitted, answers, strict=True):
+            if len(answer) == pending[i]:
+                done[i] = (ids, answer)
+                bar.update(1)
+            else:
+                nxt[i] = len(answer)
+        pending = nxt
+    bar.close()
+    samples, mismatched = [], 0
+    for i in sorted(done):
+        prompt, bucket = prompts[i]
+        ids, answer = done[i]
+        record = records[i]
+        mismatched += not _check_template(tokenizer, prompt, answer, stops, f"record {i}")
+        samples.append(
+            CalibrationSample(
+                sample_id=f"{record.task}-{i}",
+                bucket=bucket,
+                input_ids=ids + answer,
+                answer_start=len(ids),
+                answer_end=len(ids) + len(answer),
+                source=source,
+                task=record.task,
+                record_index=i,
+                context_tokens=prompt.c1 - prompt.c0,
+                cut_tokens=len(prompt.ids) - len(ids),
+            )
+        )
+    if mismatched:
+        logger.warning(
+            "%d answers do not re-tokenise to the generated tokens; the generated tokens are kept", mismatched
+        )
+    return samples

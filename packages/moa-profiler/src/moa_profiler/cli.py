@@ -1,0 +1,246 @@
+"""``moa calibrate`` and ``moa profile`` (entry-point group ``moa.commands``), also ``python -m moa_profiler``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+
+from moa_plan import MoaError
+from moa_plan.cli import LengthList, MoaCommandError
+from moa_profiler.models import DTYPES
+
+__all__ = ["calibrate", "cli", "profile"]
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MoaError as exc:
+            raise MoaCommandError(str(exc)) from None
+
+
+@click.group(cls=_Group)
+def cli() -> None:
+    """moa-profiler: calibration sets and attention-influence profiles (torchrun-ready)."""
+
+
+def _device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(name)
+
+
+def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call library code, turning MoaError into the one-line exit-2 error (also when not under `moa`)."""
+    try:
+        return fn(*args, **kwargs)
+    except MoaError as exc:
+        raise MoaCommandError(str(exc)) from None
+
+
+@cli.command("calibrate")
+@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path), help="Local model directory.")
+@click.option("--records", type=click.Path(path_type=Path), help="Records file (.jsonl or .parquet).")
+@click.option("--task", help="Synthetic task of moa_plan.tasks instead of --records (e.g. lines, passkey).")
+@click.option(
+    "--num-samples", type=click.IntRange(min=1), default=8, show_default=True, help="Per length, with --task."
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --task records.")
+@click.option("--lengths", type=LengthList(), default="512,1024,2048", show_default=True, help="Exact sample lengths.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True, help="Answer cap.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--template", type=click.Choice(["chat", "plain"]), default="chat", show_default=True)
+@click.option("--system", help="System message for the chat template.")
+@click.option(
+    "--max-cut", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True, help="Most context a fit may cut."
+)
+@click.option("--skip-unfit", is_flag=True, help="Drop records that fit no length instead of failing.")
+@click.option("--max-per-bucket", type=click.IntRange(min=1), help="Keep at most this many samples per length.")
+@click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="float32", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Calibration Parquet file.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def calibrate(
+    model_path: Path,
+    records: Path | None,
+    task: str | None,
+    num_samples: int,
+    seed: int,
+    lengths: list[int],
+    max_new_tokens: int,
+    batch_size: int,
+    template: str,
+    system: str | None,
+    max_cut: float,
+    skip_unfit: bool,
+    max_per_bucket: int | None,
+    dtype: str,
+    device: str,
+    out: Path,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Build a model-aligned calibration set: the model answers each record, fitted to exact LENGTHS."""
+    from moa_profiler.calibration import CalibrationSettings, build_calibration, encode_prompt
+    from moa_profiler.dataset import CalibrationSet, write_calibration
+    from moa_profiler.models import fingerprint_of, load_model, load_tokenizer, versions
+    from moa_profiler.records import load_records, task_records
+
+    if (records is None) == (task is None):
+        raise click.UsageError("give exactly one of --records or --task")
+    tokenizer = _run(load_tokenizer, model_path)
+    settings = CalibrationSettings(
+        buckets=tuple(lengths),
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        template=template,
+        max_cut=max_cut,
+        skip_unfit=skip_unfit,
+        max_per_bucket=max_per_bucket,
+        system=system,
+    )
+    if records is not None:
+        inputs, source = _run(load_records, records), str(records)
+    else:
+        from moa_plan import Record
+
+        probe = _run(encode_prompt, tokenizer, Record(task="probe", context="x"), template=template, system=system)
+        inputs = _run(
+            task_records,
+            str(task),
+            [n + max(16, n // 32) for n in lengths],
+            num_samples,
+            count_tokens=lambda t: len(tokenizer(t, add_special_tokens=False)["input_ids"]),
+            overhead=probe.overhead,
+            seed=seed,
+        )
+        source = f"moa_plan.tasks:{task} seed={seed}"
+    model = _run(load_model, model_path, dtype=dtype, device=_device(device))
+    samples = _run(build_calibration, model, tokenizer, inputs, settings, source=source, progress=not quiet)
+    provenance = {
+        "fingerprint": fingerprint_of(model).model_dump(),
+        "model": str(model_path),
+        "source": source,
+        "versions": versions(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "answers": "model, greedy",
+        "max_new_tokens": max_new_tokens,
+        "template": template,
+        "lengths": sorted(set(lengths)),
+    }
+    _run(write_calibration, out, CalibrationSet(samples=samples, provenance=provenance))
+    per_length = {n: sum(s.bucket == n for s in samples) for n in sorted(set(lengths))}
+    answers = [s.answer_end - s.answer_start for s in samples]
+    if as_json:
+        click.echo(
+            json.dumps({"path": str(out), "samples": len(samples), "per_length": per_length, "answer_tokens": answers})
+        )
+        return
+    click.echo(f"{'length':>8}  {'samples':>7}")
+    for n, count in per_length.items():
+        click.echo(f"{n:>8}  {count:>7}")
+    click.echo(f"wrote {out}: {len(samples)} samples, answers of {min(answers)}..{max(answers)} tokens")
+
+
+@cli.command("profile")
+@click.argument("calibration", type=click.Path(path_type=Path))
+@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path), help="Local model directory.")
+@click.option(
+    "--out", "-o", type=click.Path(path_type=Path), required=True, help="Directory for profile-<N>.safetensors."
+)
+@click.option("--lengths", type=LengthList(), help="Lengths to profile (default: every length in the file).")
+@click.option("--sink", type=click.IntRange(min=0), default=64, show_default=True)
+@click.option("--block", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--block-map/--no-block-map", default=False, show_default=True, help="Also store the 2-D block map.")
+@click.option("--max-samples", type=click.IntRange(min=1), help="At most this many samples per length.")
+@click.option(
+    "--chunk-elements", type=click.IntRange(min=1), default=1 << 24, show_default=True, help="Bound of one chunk."
+)
+@click.option("--checkpoint-dir", type=click.Path(path_type=Path), help="Default: OUT/.checkpoints.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--restart", is_flag=True, help="Ignore existing checkpoints.")
+@click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="float32", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def profile(
+    calibration: Path,
+    model_path: Path,
+    out: Path,
+    lengths: list[int] | None,
+    sink: int,
+    block: int,
+    block_map: bool,
+    max_samples: int | None,
+    chunk_elements: int,
+    checkpoint_dir: Path | None,
+    checkpoint_every: int,
+    restart: bool,
+    dtype: str,
+    device: str,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Profile attention influence per layer and query head at each length of CALIBRATION.
+
+    Under ``torchrun --nproc-per-node K -m moa_profiler profile ...`` the samples are sharded over
+    ranks and the sums all-reduced; rank 0 writes the files.
+    """
+    from moa_profiler.attention import register_profiling_attention
+    from moa_profiler.dataset import read_calibration
+    from moa_profiler.distributed import init_world
+    from moa_profiler.models import fingerprint_of, load_model, versions
+    from moa_profiler.run import RunSettings, profile_length
+    from moa_profiler.sample import InfluenceSettings, prepare_model
+
+    logging.basicConfig(level=logging.WARNING)
+    calib = _run(read_calibration, calibration)
+    wanted = lengths or calib.lengths()
+    missing = [n for n in wanted if n not in calib.lengths()]
+    if missing:
+        raise MoaCommandError(f"{calibration} has no samples of length {missing[0]} (it has {calib.lengths()})")
+    world = init_world()
+    model = _run(load_model, model_path, dtype=dtype, device=_device(device, world.local_rank))
+    fp = fingerprint_of(model)
+    recorded = calib.fingerprint
+    if recorded is not None and recorded.differences(fp):
+        raise MoaCommandError(
+            f"{calibration} was answered by another model: {'; '.join(recorded.differences(fp)).replace('plan has', 'calibration has')}"
+        )
+    register_profiling_attention()
+    prepare_model(model)
+    settings = RunSettings(
+        influence=InfluenceSettings(sink=sink, block=block, block_map=block_map, max_elements=chunk_elements),
+        checkpoint_dir=checkpoint_dir or out / ".checkpoints",
+        checkpoint_every=checkpoint_every,
+        restart=restart,
+        progress=not quiet,
+        versions=versions(),
+    )
+    summaries = []
+    for n in wanted:
+        samples = calib.at_length(n)[:max_samples]
+        summaries.append(_run(profile_length, model, fp, samples, n, out / f"profile-{n}.safetensors", settings, world))
+    if not world.is_main:
+        return
+    if as_json:
+        click.echo(json.dumps({"profiles": [asdict(s) for s in summaries]}))
+        return
+    click.echo(
+        f"{'length':>8} {'samples':>7} {'loss':>8} {'sink share':>10} {'median d':>9} {'seconds':>8} {'peak MiB':>9}"
+    )
+    for s in summaries:
+        click.echo(
+            f"{s.length:>8} {s.samples:>7} {s.mean_loss:>8.4f} {s.sink_share:>10.3f} {s.median_distance:>9} "
+            f"{s.seconds:>8.1f} {s.peak_rss_mib:>9.0f}"
+        )
+    click.echo(f"wrote {len(summaries)} profile(s) to {out}")

@@ -1,0 +1,212 @@
+"""Profile one length over a calibration set: shard samples over ranks, checkpoint, all-reduce, save."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import resource
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from moa_plan import ModelFingerprint, Profile, save_profile
+from moa_profiler.checkpoint import PartialSums, load_checkpoint, save_checkpoint
+from moa_profiler.dataset import CalibrationSample
+from moa_profiler.distributed import World, all_reduce_sum, barrier
+from moa_profiler.errors import ProfilerError
+from moa_profiler.sample import InfluenceSettings, profile_sample
+
+__all__ = ["LengthSummary", "RunSettings", "profile_length"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """One profiling run.
+
+    Attributes:
+        influence: Sink, block, block map, chunking.
+        checkpoint_dir: Where partial sums go (None: no checkpoints).
+        checkpoint_every: Samples between checkpoints.
+        restart: Ignore existing checkpoints.
+        progress: Show a progress bar (rank 0).
+        versions: Package versions recorded in the profile.
+    """
+
+    influence: InfluenceSettings = field(default_factory=InfluenceSettings)
+    checkpoint_dir: Path | None = None
+    checkpoint_every: int = 4
+    restart: bool = False
+    progress: bool = False
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LengthSummary:
+    """What a length's run produced (for the summary table and ``--json``)."""
+
+    length: int
+    samples: int
+    mean_loss: float
+    sink_share: float
+    median_distance: int
+    seconds: float
+    peak_rss_mib: float
+    path: str
+
+
+def _key(
+    fp: ModelFingerprint, samples: Sequence[CalibrationSample], length: int, s: InfluenceSettings, world: World
+) -> str:
+    digest = hashlib.sha256()
+    for sample in samples:
+        digest.update(sample.sample_id.encode())
+        digest.update(np.asarray(sample.input_ids, dtype=np.int64).tobytes())
+        digest.update(f"{sample.answer_start}:{sample.answer_end};".encode())
+    digest.update(
+        json.dumps(
+            [fp.model_dump(), length, s.sink, s.block, s.block_map, str(s.dtype), world.rank, world.size]
+        ).encode()
+    )
+    return digest.hexdigest()
+
+
+def _zeros(fp: ModelFingerprint, length: int, s: InfluenceSettings) -> PartialSums:
+    L, HQ = fp.num_layers, fp.num_attention_heads
+    nb = -(-length // s.block)
+    return PartialSums(
+        hist=torch.zeros(L, HQ, max(length - s.sink, 1), dtype=torch.float64),
+        sink=torch.zeros(L, HQ, dtype=torch.float64),
+        block_map=torch.zeros(L, HQ, nb, nb, dtype=torch.float64) if s.block_map else None,
+    )
+
+
+def profile_length(
+    model: torch.nn.Module,
+    fingerprint: ModelFingerprint,
+    samples: Sequence[CalibrationSample],
+    length: int,
+    out: Path,
+    settings: RunSettings,
+    world: World | None = None,
+) -> LengthSummary:
+    """Profile ``samples`` (all of length ``length``) and write the mean profile to ``out`` (rank 0).
+
+    Rank r of W takes samples r, r + W, ...; each rank checkpoints its float64 partial sums and
+    finished sample ids every ``checkpoint_every`` samples, and resumes from them.
+
+    Raises:
+        ProfilerError: no samples, a sample of another length, a non-finite loss, or a foreign checkpoint.
+    """
+    world = world or World()
+    s = settings.influence
+    if not samples:
+        raise ProfilerError(f"the calibration set has no sample of length {length}")
+    for sample in samples:
+        if len(sample.input_ids) != length:
+            raise ProfilerError(f"sample {sample.sample_id} has {len(sample.input_ids)} tokens, not {length}")
+    started = time.perf_counter()
+    device = next(model.parameters()).device
+    mine = list(samples[world.rank :: world.size])
+    key = _key(fingerprint, samples, length, s, world)
+    ckpt = None
+    if settings.checkpoint_dir is not None:
+        ckpt = settings.checkpoint_dir / f"profile-{length}.rank{world.rank}-of-{world.size}.ckpt.safetensors"
+    sums = None if ckpt is None or settings.restart else load_checkpoint(ckpt, key)
+    sums = sums or _zeros(fingerprint, length, s)
+    done = set(sums.done)
+    if done:
+        logger.info("length %d rank %d: resuming after %d samples", length, world.rank, len(done))
+    bar = tqdm(
+        total=len(mine),
+        initial=len(done),
+        desc=f"profile {length}",
+        unit="sample",
+        disable=not (settings.progress and world.is_main),
+    )
+    unsaved = 0
+    for sample in mine:
+        if sample.sample_id in done:
+            continue
+        ids = torch.tensor(sample.input_ids, dtype=torch.long, device=device)
+        try:
+            result = profile_sample(model, ids, sample.answer_start, sample.answer_end, s)
+        except ProfilerError as exc:
+            raise ProfilerError(f"sample {sample.sample_id} (length {length}): {exc}") from None
+        sums.hist += result.hist
+        sums.sink += result.sink
+        if sums.block_map is not None and result.block_map is not None:
+            sums.block_map += result.block_map
+        sums.loss += result.loss
+        sums.done.append(sample.sample_id)
+        done.add(sample.sample_id)
+        unsaved += 1
+        bar.update(1)
+        if ckpt is not None and unsaved >= settings.checkpoint_every:
+            save_checkpoint(ckpt, sums, key)
+            unsaved = 0
+    bar.close()
+    if ckpt is not None and unsaved:
+        save_checkpoint(ckpt, sums, key)
+    return _finish(fingerprint, length, sums, out, settings, world, device, started, ckpt)
+
+
+def _finish(
+    fp: ModelFingerprint,
+    length: int,
+    sums: PartialSums,
+    out: Path,
+    settings: RunSettings,
+    world: World,
+    device: torch.device,
+    started: float,
+    ckpt: Path | None,
+) -> LengthSummary:
+    comm = device if world.size > 1 and device.type == "cuda" else torch.device("cpu")
+    hist = all_reduce_sum(sums.hist, world, comm)
+    sink = all_reduce_sum(sums.sink, world, comm)
+    block_map = all_reduce_sum(sums.block_map, world, comm) if sums.block_map is not None else None
+    totals = all_reduce_sum(torch.tensor([sums.loss, float(len(sums.done))], dtype=torch.float64), world, comm)
+    count = round(float(totals[1]))
+    mean_loss = float(totals[0]) / count
+    s = settings.influence
+    profile = Profile(
+        model=fp,
+        length=length,
+        sink=s.sink,
+        block=s.block,
+        num_samples=count,
+        hist=(hist / count).numpy(),
+        sink_influence=(sink / count).numpy(),
+        block_map=(block_map / count).numpy() if block_map is not None else None,
+        versions=settings.versions,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        mean_loss=mean_loss,
+        notes="moa-profiler: mean over samples of |E| summed by key distance; answer-token cross-entropy",
+    )
+    if world.is_main:
+        save_profile(profile, out)
+    barrier(world)
+    if ckpt is not None:
+        ckpt.unlink(missing_ok=True)
+    total = float(hist.sum() + sink.sum())
+    cumulative = hist.sum(dim=(0, 1)).cumsum(0)
+    median = int(torch.searchsorted(cumulative, cumulative[-1] / 2).item()) if float(cumulative[-1]) > 0 else 0
+    return LengthSummary(
+        length=length,
+        samples=count,
+        mean_loss=mean_loss,
+        sink_share=float(sink.sum()) / total if total > 0 else 0.0,
+        median_distance=median,
+        seconds=time.perf_counter() - started,
+        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        path=str(out),
+    )
