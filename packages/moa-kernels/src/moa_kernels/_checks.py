@@ -7,7 +7,14 @@ import math
 
 import torch
 
-__all__ = ["KernelInputError", "check_implementation", "default_scale", "compute_dtype", "use_triton"]
+__all__ = [
+    "KernelInputError",
+    "check_out_buffer",
+    "check_implementation",
+    "default_scale",
+    "compute_dtype",
+    "use_triton",
+]
 
 _IMPLEMENTATIONS = ("auto", "reference", "triton")
 
@@ -47,3 +54,14 @@ def use_triton(q: torch.Tensor, implementation: str) -> bool:
             raise KernelInputError("implementation='triton' was requested but triton is not installed.")
         return True
     return q.is_cuda and triton_available()
+
+
+def check_out_buffer(
+    buf: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, name: str
+) -> torch.Tensor:
+    """A contiguous output buffer: ``buf`` after checking it, or a new empty one."""
+    if buf is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    if tuple(buf.shape) != tuple(shape) or buf.dtype != dtype or buf.device != device or not buf.is_contiguous():
+        raise KernelInputError(f"{name} must be a contiguous {dtype} tensor of shape {tuple(shape)} on {device}.")
+    return buf

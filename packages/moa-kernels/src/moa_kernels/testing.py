@@ -2,6 +2,8 @@
 
 * :func:`dense_oracle_prefill` -- dense SDPA with an explicit boolean mask (the independent oracle).
 * :func:`visibility_mask` -- the mask of DESIGN.md section 3 on token indices with left padding.
+* :func:`dense_oracle_decode` -- softmax over the valid slots of each (row, query head), one at a time.
+* :func:`assert_flash_close` -- the flash-attention tolerance rule.
 * :class:`RingCache` -- the packed per-layer cache exactly as the runtime lays it out: per KV head h a
   segment of ``span_h = sink + window_h`` slots, sink slots [0, sink) hold positions 0..sink-1, and
   position p >= sink lives at slot ``sink + (p - sink) % window_h``.
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["visibility_mask", "dense_oracle_prefill", "RingCache"]
+__all__ = ["visibility_mask", "dense_oracle_prefill", "dense_oracle_decode", "assert_flash_close", "RingCache"]
 
 
 def visibility_mask(seqlen: int, sink: int, windows: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
@@ -68,6 +70,60 @@ def dense_oracle_prefill(
     scores = torch.matmul(qt, kt.transpose(-1, -2)) * sm_scale
     lse = torch.logsumexp(scores.masked_fill(~mask, float("-inf")), dim=-1)
     return out, lse
+
+
+def dense_oracle_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    *,
+    seg_start: torch.Tensor,
+    lengths: torch.Tensor,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Brute-force decode in q's dtype: for each (row, query head), softmax over its valid slots.
+
+    Returns:
+        o: [B, HQ, D] (0 where the length is 0) and lse: [B, HQ] (-inf there), both in q's dtype.
+    """
+    bsz, hq, dim = q.shape
+    h = seg_start.numel()
+    g = hq // h
+    sm_scale = scale if scale is not None else dim**-0.5
+    out = torch.zeros_like(q)
+    lse = torch.full((bsz, hq), float("-inf"), dtype=q.dtype)
+    for b in range(bsz):
+        for head in range(hq):
+            s = int(seg_start[head // g])
+            n = int(lengths[b, head // g])
+            if n == 0:
+                continue
+            scores = (k_cache[b, s : s + n] @ q[b, head]) * sm_scale
+            out[b, head] = torch.softmax(scores, dim=0) @ v_cache[b, s : s + n]
+            lse[b, head] = torch.logsumexp(scores, dim=0)
+    return out, lse
+
+
+def assert_flash_close(
+    out: torch.Tensor, exact: torch.Tensor, lowp: torch.Tensor, *, atol: float, factor: float = 2.0
+) -> None:
+    """Flash-attention tolerance rule: ``max|out - exact| <= factor * max|lowp - exact| + atol``.
+
+    Args:
+        out: result under test. exact: the same quantity in fp64. lowp: the same computation done
+            in plain PyTorch at the test's (low) precision. -inf entries must agree exactly.
+    """
+    exact = exact.double()
+    out = out.double()
+    lowp = lowp.double()
+    ninf = torch.isneginf(exact)
+    assert torch.equal(torch.isneginf(out), ninf), "-inf entries differ from the oracle"
+    assert not torch.isnan(out).any(), "NaN in the output (an element was not written?)"
+    fin = ~ninf
+    err = (out[fin] - exact[fin]).abs().max().item() if fin.any() else 0.0
+    ref_err = (lowp[fin] - exact[fin]).abs().max().item() if fin.any() else 0.0
+    bound = factor * ref_err + atol
+    assert err <= bound, f"max error {err:.3g} > {factor} x {ref_err:.3g} (PyTorch at low precision) + {atol:.1g}"
 
 
 @dataclass
