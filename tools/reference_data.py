@@ -2,7 +2,7 @@
 
 Documents are built directly as token ids for speed, in exactly the layout the chat template
 produces for `moa_plan.tasks` records (checked by ``tools/train_reference_model.py --check``):
-``<s> <|user|> line k v ... what is line k <|assistant|> v <|end|> <|user|> ...``.
+``<s> <|user|> line k v ... what is line k <|assistant|> k v <|end|> <|user|> ...``.
 Each document comes with per-target loss weights: 0 on tokens that are random by construction
 (keys and values on first appearance, the asked key), 2 on answers, 1 elsewhere, and a kind
 code per target (0 other, 1 lines answer, 2 needle answer, 3 rewrite answer) for accuracies.
@@ -29,7 +29,9 @@ class Builder:
         self.values = np.array([tid(v) for v in vocab.values])
         self.filler = np.array([tid(w) for w in vocab.filler])
         self.chain = markov_chain()
-        self.system = [self.tok[w] for w in ["you", "are", "a", "helpful", "assistant", ".", "answer", "with", "the", "value"]]
+        self.system = [
+            self.tok[w] for w in ["you", "are", "a", "helpful", "assistant", ".", "answer", "with", "the", "value"]
+        ]
 
     def _start(self, rng: np.random.Generator) -> tuple[list[int], list[float], list[int]]:
         ids = [self.tok["<s>"]]
@@ -60,9 +62,9 @@ class Builder:
                 ids += [*self.words("what is line"), int(self.keys[perm[a]]), self.tok["<|assistant|>"]]
                 w += [1.0, 1.0, 1.0, 0.0, 1.0]
                 kind += [OTHER] * 5
-                ids += [int(self.values[vals[a]]), self.tok["<|end|>"], self.tok["<|user|>"]]
-                w += [ANSWER_WEIGHT, 1.0, 1.0]
-                kind += [LINES_ANSWER, OTHER, OTHER]
+                ids += [int(self.keys[perm[a]]), int(self.values[vals[a]]), self.tok["<|end|>"], self.tok["<|user|>"]]
+                w += [1.0, ANSWER_WEIGHT, 1.0, 1.0]
+                kind += [OTHER, LINES_ANSWER, OTHER, OTHER]
         return ids[:length], w[:length], kind[:length]
 
     def _rewrite(self, ids: list, w: list, kind: list, perm: np.ndarray, vals: np.ndarray, a: int) -> None:
@@ -73,6 +75,8 @@ class Builder:
             ids += [self.tok["line"], int(self.keys[perm[j]]), int(self.values[vals[j]])]
             w += [ANSWER_WEIGHT] * 3
             kind += [REWRITE_ANSWER] * 3
+        # The rewritten lines start with the key (no leading "line"), as in moa_plan.tasks.
+        del ids[-12], w[-12], kind[-12]
         ids += [self.tok["<|end|>"], self.tok["<|user|>"]]
         w += [1.0, 1.0]
         kind += [OTHER, OTHER]
@@ -94,20 +98,24 @@ class Builder:
             nw = [[1.0, 1.0, 0.0, 0.0, 1.0]] * count
             asks = rng.permutation(count)[: int(rng.integers(1, count + 1))]
             questions = [
-                ([*self.words("what is magic"), int(self.keys[keys[a]])], int(self.values[vals[a]])) for a in asks
+                (
+                    [*self.words("what is magic"), int(self.keys[keys[a]])],
+                    [int(self.keys[keys[a]]), int(self.values[vals[a]])],
+                )
+                for a in asks
             ]
         else:
             needles = [[*self.words("remember the passkey"), int(self.values[vals[0]]), self.tok["."]]]
             nw = [[1.0, 1.0, 1.0, 0.0, 1.0]]
-            questions = [(self.words("what is the passkey"), int(self.values[vals[0]]))]
+            questions = [(self.words("what is the passkey"), [self.tok["passkey"], int(self.values[vals[0]])])]
         tail: list[int] = []
         tw: list[float] = []
         tk: list[int] = []
         for q, ans in questions:
             qw = [1.0] * (len(q) - 1) + [0.0 if multi else 1.0]
-            tail += [*q, self.tok["<|assistant|>"], ans, self.tok["<|end|>"], self.tok["<|user|>"]]
-            tw += [*qw, 1.0, ANSWER_WEIGHT, 1.0, 1.0]
-            tk += [OTHER] * (len(q) + 1) + [NEEDLE_ANSWER, OTHER, OTHER]
+            tail += [*q, self.tok["<|assistant|>"], *ans, self.tok["<|end|>"], self.tok["<|user|>"]]
+            tw += [*qw, 1.0, 1.0, ANSWER_WEIGHT, 1.0, 1.0]
+            tk += [OTHER] * (len(q) + 2) + [NEEDLE_ANSWER, OTHER, OTHER]
         tail, tw, tk = tail[:-1], tw[:-1], tk[:-1]
         n_fill = length - len(ids) - len(tail) - sum(len(x) for x in needles)
         if n_fill < 4:

@@ -81,7 +81,7 @@ def test_lines_answer_and_depth() -> None:
         table = dict(line.split()[1:] for line in lines)
         key = r.question.split()[-1]
         assert r.question == f"what is line {key}"
-        assert table[key] == r.answer
+        assert r.answer == f"{key} {table[key]}"
         assert len(table) == len(lines), "keys are unique within a context"
         j = [line.split()[1] for line in lines].index(key)
         decile = r.metadata["depth_decile"]
@@ -92,7 +92,7 @@ def test_lines_answer_and_depth() -> None:
 def test_passkey_and_multikey_answers() -> None:
     for r in generate_passkey(10, target_length=400, seed=1):
         found = re.findall(r"remember the passkey (\d+) \.", r.context)
-        assert found == [r.answer]
+        assert [f"passkey {v}" for v in found] == [r.answer]
         assert r.question == "what is the passkey"
         chunks = r.context.split("\n")
         where = next(n for n, c in enumerate(chunks) if c.startswith("remember"))
@@ -101,7 +101,8 @@ def test_passkey_and_multikey_answers() -> None:
     for r in generate_multikey(10, target_length=400, seed=1, num_needles=5):
         needles = dict(re.findall(r"remember magic (\w+) (\d+) \.", r.context))
         assert len(needles) == 5
-        assert needles[r.question.split()[-1]] == r.answer
+        key = r.question.split()[-1]
+        assert r.answer == f"{key} {needles[key]}"
 
 
 def test_rewrite_answer_is_the_following_lines() -> None:
@@ -109,7 +110,7 @@ def test_rewrite_answer_is_the_following_lines() -> None:
         lines = r.context.split("\n")
         key = r.question.split()[-1]
         j = [line.split()[1] for line in lines].index(key)
-        assert r.answer == " ".join(lines[j : j + 3])
+        assert "line " + r.answer == " ".join(lines[j : j + 3])
 
 
 def test_words_are_single_vocabulary_words() -> None:
@@ -121,13 +122,14 @@ def test_words_are_single_vocabulary_words() -> None:
 
 
 def test_scorer_exact() -> None:
-    r = Record(task="lines", context="line bako 12345", question="what is line bako", answer="12345")
-    assert score(r, "12345") == 1.0
-    assert score(r, " 12345\n") == 1.0
-    assert score(r, "1234") == 0.0
-    assert score(r, "12345 12345") == 0.0
+    r = Record(task="lines", context="line bako 12345", question="what is line bako", answer="bako 12345")
+    assert score(r, "bako 12345") == 1.0
+    assert score(r, " bako\n12345 ") == 1.0
+    assert score(r, "12345") == 0.0
+    assert score(r, "bako 1234") == 0.0
+    assert score(r, "bako 12345 12345") == 0.0
     assert score(r, "") == 0.0
-    assert accuracy([r, r], ["12345", "no"]) == 0.5
+    assert accuracy([r, r], ["bako 12345", "no"]) == 0.5
     with pytest.raises(TaskError, match="one prediction per record"):
         accuracy([r], [])
     with pytest.raises(TaskError, match="no reference answer"):

@@ -8,15 +8,18 @@ and its depth decile is ``i % 10`` (asked item in the ``[d/10, (d+1)/10)`` part 
 
 Task shapes (all words are single tokens of the reference tokenizer, see `moa_plan.tasks.vocab`):
 
-- ``lines``: ``line <key> <value>`` lines, question ``what is line <key>``, answer ``<value>``.
+- ``lines``: ``line <key> <value>`` lines, question ``what is line <key>``, answer
+  ``<key> <value>`` (the answer restates the key: the value then directly follows its key, as in
+  the context, which a two-layer model learns as plain induction).
 - ``passkey``: Markov filler with ``remember the passkey <value> .`` at the chosen depth,
-  question ``what is the passkey``, answer ``<value>``.
+  question ``what is the passkey``, answer ``passkey <value>``.
 - ``multikey``: filler with several ``remember magic <key> <value> .`` needles, question
-  ``what is magic <key>`` about the needle at the chosen depth, answer ``<value>``.
+  ``what is magic <key>`` about the needle at the chosen depth, answer ``<key> <value>``.
 - ``local``: plain Markov text (no question) that stops where the next word is determined by the
   last two words; the answer is that word. Only local attention is needed.
 - ``rewrite`` (calibration, not scored for acceptance): lines, question ``list the lines from
-  <key>``, answer: that line and the following ones, rewritten (a long-dependency generation).
+  <key>``, answer: that line and the following ones, rewritten without the first ``line`` word
+  (``<key> <value> line <key2> <value2> ...``; a long-dependency generation).
 """
 
 from __future__ import annotations
@@ -148,7 +151,13 @@ def generate_lines(
         meta = _meta("lines", seed, i, target_length, decile, num_lines=len(lines), line_index=j, key=keys[j])
         context = "\n".join(lines)
         records.append(
-            Record(task="lines", context=context, question=f"what is line {keys[j]}", answer=values[j], metadata=meta)
+            Record(
+                task="lines",
+                context=context,
+                question=f"what is line {keys[j]}",
+                answer=f"{keys[j]} {values[j]}",
+                metadata=meta,
+            )
         )
     return records
 
@@ -211,7 +220,9 @@ def generate_passkey(
         pieces, _ = _insert(chunks, [(slot, needle)])
         meta = _meta("passkey", seed, i, target_length, decile, needle_chunk=slot, num_chunks=len(chunks))
         records.append(
-            Record(task="passkey", context="\n".join(pieces), question=question, answer=value, metadata=meta)
+            Record(
+                task="passkey", context="\n".join(pieces), question=question, answer=f"passkey {value}", metadata=meta
+            )
         )
     return records
 
@@ -249,7 +260,13 @@ def generate_multikey(
         pieces, _ = _insert(chunks, list(zip(slots, needles, strict=True)))
         meta = _meta("multikey", seed, i, target_length, decile, num_needles=num_needles, key=keys[0])
         records.append(
-            Record(task="multikey", context="\n".join(pieces), question=question, answer=values[0], metadata=meta)
+            Record(
+                task="multikey",
+                context="\n".join(pieces),
+                question=question,
+                answer=f"{keys[0]} {values[0]}",
+                metadata=meta,
+            )
         )
     return records
 
@@ -306,7 +323,7 @@ def generate_rewrite(
         decile = i % 10
         j = min(_depth_index(rng, decile, len(lines)), len(lines) - num_rewrite)
         meta = _meta("rewrite", seed, i, target_length, decile, num_lines=len(lines), line_index=j, key=keys[j])
-        answer = " ".join(lines[j : j + num_rewrite])
+        answer = " ".join(lines[j : j + num_rewrite]).removeprefix("line ")
         question = f"list the lines from {keys[j]}"
         records.append(
             Record(task="rewrite", context="\n".join(lines), question=question, answer=answer, metadata=meta)
