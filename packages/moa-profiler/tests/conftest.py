@@ -8,58 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-SPECIAL = ["<pad>", "<unk>", "<s>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
-WORDS = [f"w{i}" for i in range(90)]
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}{{ '<|' + m['role'] + '|> ' + m['content'] + ' <|end|> ' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
-)
-
-
-def make_tokenizer(chat_template: str | None = CHAT_TEMPLATE):
-    """A fast word-level tokenizer: whitespace-separated words, one token each."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(SPECIAL + WORDS)}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<s>", eos_token="<|end|>", pad_token="<pad>", unk_token="<unk>"
-    )
-    if chat_template is not None:
-        tok.chat_template = chat_template
-    return tok
-
-
-def make_model(
-    *, layers: int = 2, heads: int = 4, kv_heads: int = 2, hidden: int = 32, seed: int = 0, std: float = 0.02
-) -> torch.nn.Module:
-    """A tiny seeded Llama (fp32, SDPA attention)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(SPECIAL) + len(WORDS),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=8192,
-        initializer_range=std,
-        bos_token_id=2,
-        eos_token_id=3,
-        pad_token_id=0,
-        attn_implementation="sdpa",
-    )
-    return LlamaForCausalLM(config).eval()
-
-
-def text(n: int, seed: int) -> str:
-    """``n`` pseudo-random words of the vocabulary."""
-    g = torch.Generator().manual_seed(seed)
-    return " ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (n,), generator=g))
+from moa_profiler.testing import CHAT_TEMPLATE, make_model, make_tokenizer, records_file, text
 
 
 @pytest.fixture
@@ -96,3 +45,19 @@ def save_model_dir() -> Callable[..., Path]:
         return path
 
     return save
+
+
+@pytest.fixture
+def calibration_file(tmp_path: Path, model_dir: Path) -> Path:
+    """A calibration set of the ``model_dir`` model: 6 samples of 96 tokens and 3 of 160."""
+    from moa_profiler.calibration import CalibrationSettings, build_calibration
+    from moa_profiler.dataset import CalibrationSet, write_calibration
+    from moa_profiler.models import fingerprint_of, load_model, load_tokenizer
+    from moa_profiler.records import load_records
+
+    records = load_records(records_file(tmp_path / "records.jsonl", [100, 110, 120, 105, 115, 125, 170, 180, 190]))
+    model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
+    settings = CalibrationSettings(buckets=(96, 160), max_new_tokens=6, max_cut=0.6)
+    samples = build_calibration(model, tokenizer, records, settings, source="fixture")
+    provenance = {"fingerprint": fingerprint_of(model).model_dump(), "source": "fixture"}
+    return write_calibration(tmp_path / "calib.parquet", CalibrationSet(samples=samples, provenance=provenance))

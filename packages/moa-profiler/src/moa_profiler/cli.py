@@ -38,6 +38,13 @@ def _device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Call library code, turning MoaError into the one-line exit-2 error (also when not under `moa`)."""
     try:
@@ -97,6 +104,8 @@ def calibrate(
 
     if (records is None) == (task is None):
         raise click.UsageError("give exactly one of --records or --task")
+    if quiet:
+        _quiet_transformers()
     tokenizer = _run(load_tokenizer, model_path)
     settings = CalibrationSettings(
         buckets=tuple(lengths),
@@ -203,6 +212,8 @@ def profile(
     from moa_profiler.sample import InfluenceSettings, prepare_model
 
     logging.basicConfig(level=logging.WARNING)
+    if quiet:
+        _quiet_transformers()
     calib = _run(read_calibration, calibration)
     wanted = lengths or calib.lengths()
     missing = [n for n in wanted if n not in calib.lengths()]

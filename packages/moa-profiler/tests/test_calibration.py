@@ -1,0 +1,103 @@
+"""Calibration: answers really come from the model, spans cover exactly them, lengths are exact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from moa_plan import Record
+from moa_profiler.calibration import CalibrationSettings, build_calibration, encode_prompt
+from moa_profiler.dataset import CalibrationSet, read_calibration, write_calibration
+from moa_profiler.errors import CalibrationError
+from moa_profiler.records import load_records
+from moa_profiler.testing import SPECIAL, eos_biased, make_tokenizer, records_file
+
+
+@pytest.fixture
+def answered(tmp_path, model_factory, tokenizer):
+    model = eos_biased(model_factory(layers=2, heads=4, kv_heads=2, seed=5, std=0.3))
+    records = load_records(records_file(tmp_path / "r.jsonl", [60, 70, 75, 80, 130, 140, 150, 160]))
+    settings = CalibrationSettings(buckets=(64, 128), max_new_tokens=12, batch_size=3, max_cut=0.7)
+    return model, records, build_calibration(model, tokenizer, records, settings), settings
+
+
+def test_answers_are_the_models_greedy_output(answered, tokenizer):
+    """An unbatched, unpadded generate on the stored prompt yields exactly the stored answer tokens."""
+    model, _, samples, settings = answered
+    assert len(samples) == 8
+    lengths = [s.answer_end - s.answer_start for s in samples]
+    assert any(n < settings.max_new_tokens for n in lengths), "no answer stopped early; rounds untested"
+    for s in samples:
+        assert len(s.input_ids) == s.bucket
+        assert s.answer_end == s.bucket
+        prompt = torch.tensor([s.input_ids[: s.answer_start]])
+        n = s.answer_end - s.answer_start
+        direct = model.generate(prompt, max_new_tokens=n, do_sample=False, pad_token_id=0, eos_token_id=3)
+        assert direct[0, prompt.shape[1] :].tolist() == s.input_ids[s.answer_start : s.answer_end]
+
+
+def test_span_starts_after_generation_prompt_and_context_is_cut_in_the_middle(answered, tokenizer):
+    """The prompt is template head + context head + context tail + question + template tail, by an independent build."""
+    _, records, samples, _ = answered
+    for s in samples:
+        record = records[s.record_index]
+        context = tokenizer(record.context, add_special_tokens=False).input_ids
+        keep = len(context) - s.cut_tokens
+        head, tail = keep // 2, keep - keep // 2
+        before = tokenizer("<s> <|user|>", add_special_tokens=False).input_ids
+        after = tokenizer(f"{record.question} <|end|> <|assistant|>", add_special_tokens=False).input_ids
+        expected = before + context[:head] + context[len(context) - tail :] + after
+        assert s.input_ids[: s.answer_start] == expected
+        assert tokenizer.convert_ids_to_tokens(s.input_ids[s.answer_start - 1]) == "<|assistant|>"
+
+
+def test_bucket_choice_and_errors(tokenizer, model_factory):
+    model = model_factory()
+    short = Record(task="t", context="w1 " * 20)
+    long = Record(task="t", context="w1 " * 500)
+    settings = CalibrationSettings(buckets=(64, 128), max_new_tokens=4)
+    with pytest.raises(CalibrationError, match="shorter than every bucket"):
+        build_calibration(model, tokenizer, [short], settings)
+    with pytest.raises(CalibrationError, match="longer than every bucket"):
+        build_calibration(model, tokenizer, [long], settings)
+    with pytest.raises(CalibrationError, match="no record fits any bucket"):
+        build_calibration(model, tokenizer, [short, long], CalibrationSettings(buckets=(64,), skip_unfit=True))
+    with pytest.raises(CalibrationError, match="no records"):
+        build_calibration(model, tokenizer, [], settings)
+
+
+def test_chat_template_required(model_factory):
+    with pytest.raises(CalibrationError, match="no chat template"):
+        encode_prompt(make_tokenizer(chat_template=None), Record(task="t", context="w1 w2"))
+    plain = encode_prompt(
+        make_tokenizer(chat_template=None), Record(task="t", context="w1 w2", question="w3"), template="plain"
+    )
+    assert plain.ids[plain.c0 : plain.c1] == [len(SPECIAL) + 1, len(SPECIAL) + 2]
+
+
+def test_template_whose_prompt_is_not_a_prefix_is_refused(model_factory):
+    # The generation prompt says <|assistant|>, the rendered conversation <|system|>: no common prefix.
+    bad = make_tokenizer(
+        "{% for m in messages %}{{ '<|user|> ' + m['content'] + ' ' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% else %}{{ '<|system|>' }}{% endif %}"
+    )
+    records = [Record(task="t", context="w1 " * 80)]
+    with pytest.raises(CalibrationError, match="prefix of the conversation"):
+        build_calibration(model_factory(), bad, records, CalibrationSettings(buckets=(64,), max_new_tokens=2))
+
+
+def test_file_round_trip_and_validation(tmp_path: Path, answered):
+    _, _, samples, _ = answered
+    path = write_calibration(tmp_path / "c.parquet", CalibrationSet(samples=samples, provenance={"source": "x"}))
+    back = read_calibration(path)
+    assert back.samples == samples
+    assert back.lengths() == [64, 128]
+    assert back.provenance["source"] == "x"
+    with pytest.raises(CalibrationError, match="empty"):
+        write_calibration(tmp_path / "e.parquet", CalibrationSet(samples=[]))
+    assert not (tmp_path / "e.parquet").exists()
+    (tmp_path / "junk.parquet").write_text("not parquet")
+    with pytest.raises(CalibrationError, match="not a readable Parquet"):
+        read_calibration(tmp_path / "junk.parquet")

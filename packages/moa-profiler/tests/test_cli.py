@@ -1,0 +1,160 @@
+"""The commands: summaries, files, and bad input ending with one sentence, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from moa_plan import ModelFingerprint, load_profile
+from moa_plan.cli import main
+from moa_profiler.dataset import read_calibration
+from moa_profiler.testing import make_model, make_tokenizer, records_file
+
+
+def run(*args: object) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def assert_one_sentence(code: int, stderr: str, fragment: str) -> None:
+    assert code == 2, stderr
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert lines[-1].startswith("Error: "), stderr
+    assert fragment in lines[-1]
+    assert "Traceback" not in stderr
+
+
+def no_files(directory: Path, *names: str) -> None:
+    for name in names:
+        assert not (directory / name).exists()
+    assert not list(directory.rglob(".*.tmp")), "a temp file was left behind"
+
+
+def test_calibrate_and_profile_commands(tmp_path: Path, model_dir: Path):
+    records = records_file(tmp_path / "r.jsonl", [100, 110, 175])
+    out = tmp_path / "calib.parquet"
+    code, stdout, stderr = run(
+        "calibrate", "--model", model_dir, "--records", records, "--lengths", "96,160", "--max-new-tokens", 5,
+        "--max-cut", 0.6, "--quiet", "--json", "-o", out,
+    )  # fmt: skip
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["per_length"] == {"96": 2, "160": 1}
+    calib = read_calibration(out)
+    assert calib.fingerprint == ModelFingerprint.from_model_path(model_dir)
+    assert calib.provenance["versions"]["moa-profiler"]
+    code, stdout, stderr = run(
+        "profile", out, "--model", model_dir, "-o", tmp_path / "prof", "--sink", 8, "--block", 16, "--block-map",
+        "--quiet", "--device", "cpu",
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert "length" in stdout
+    assert "wrote 2 profile(s)" in stdout
+    for n, count in ((96, 2), (160, 1)):
+        p = load_profile(tmp_path / "prof" / f"profile-{n}.safetensors", model=calib.fingerprint)
+        assert p.num_samples == count
+        assert p.hist.shape == (2, 4, n - 8)
+        assert p.block_map is not None
+        assert p.block_map.shape == (2, 4, n // 16, n // 16)
+        # Every entry is either a sink entry or a distance entry, and the block map holds them all.
+        np.testing.assert_allclose(p.block_map.sum(), p.hist.sum() + p.sink_influence.sum(), rtol=1e-6)
+        assert p.mean_loss is not None
+        assert p.mean_loss > 0
+    assert not (tmp_path / "prof" / ".checkpoints").exists() or not list((tmp_path / "prof" / ".checkpoints").iterdir())
+
+
+def test_empty_records(tmp_path: Path, model_dir: Path):
+    (tmp_path / "empty.jsonl").write_text("")
+    code, _, stderr = run(
+        "calibrate",
+        "--model",
+        model_dir,
+        "--records",
+        tmp_path / "empty.jsonl",
+        "-o",
+        tmp_path / "c.parquet",
+        "--quiet",
+    )
+    assert_one_sentence(code, stderr, "no records")
+    no_files(tmp_path, "c.parquet")
+
+
+def test_sample_longer_than_every_bucket(tmp_path: Path, model_dir: Path):
+    records = records_file(tmp_path / "r.jsonl", [100, 900])
+    code, _, stderr = run(
+        "calibrate",
+        "--model",
+        model_dir,
+        "--records",
+        records,
+        "--lengths",
+        "96",
+        "-o",
+        tmp_path / "c.parquet",
+        "--quiet",
+    )
+    assert_one_sentence(code, stderr, "longer than every bucket")
+    no_files(tmp_path, "c.parquet")
+
+
+def test_tokenizer_without_chat_template(tmp_path: Path, save_model_dir):
+    model = save_model_dir(tmp_path / "base", chat_template=None)
+    records = records_file(tmp_path / "r.jsonl", [100])
+    code, _, stderr = run(
+        "calibrate", "--model", model, "--records", records, "--lengths", "96", "-o", tmp_path / "c.parquet", "--quiet"
+    )
+    assert_one_sentence(code, stderr, "no chat template")
+    no_files(tmp_path, "c.parquet")
+    code, _, stderr = run(
+        "calibrate", "--model", model, "--records", records, "--lengths", "96", "-o", tmp_path / "c.parquet", "--quiet",
+        "--template", "plain", "--max-new-tokens", 4,
+    )  # fmt: skip
+    assert code == 0, stderr
+
+
+def test_nan_loss(tmp_path: Path, calibration_file: Path):
+    model = make_model(layers=2, heads=4, kv_heads=2, seed=1, std=0.2)
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
+    model.save_pretrained(tmp_path / "nan-model")
+    make_tokenizer().save_pretrained(tmp_path / "nan-model")
+    out = tmp_path / "prof"
+    code, _, stderr = run(
+        "profile", calibration_file, "--model", tmp_path / "nan-model", "-o", out, "--sink", 8, "--quiet"
+    )
+    assert_one_sentence(code, stderr, "loss is nan")
+    no_files(out, "profile-96.safetensors", "profile-160.safetensors")
+
+
+def test_calibration_of_another_model(tmp_path: Path, calibration_file: Path, save_model_dir):
+    other = save_model_dir(tmp_path / "other", layers=3)
+    code, _, stderr = run("profile", calibration_file, "--model", other, "-o", tmp_path / "prof", "--quiet")
+    assert_one_sentence(code, stderr, "another model")
+    no_files(tmp_path / "prof", "profile-96.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["profile", "missing.parquet", "--model", "M", "-o", "out"], "calibration file not found"),
+        (["calibrate", "--model", "nowhere", "--task", "lines", "-o", "c.parquet"], "not a model directory"),
+    ],
+    ids=["missing-calibration", "missing-model"],
+)
+def test_missing_files(tmp_path: Path, monkeypatch, args, fragment):
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = run(*args)
+    assert_one_sentence(code, stderr, fragment)
+
+
+def test_records_and_task_are_exclusive(tmp_path: Path, model_dir: Path):
+    code, _, stderr = run("calibrate", "--model", model_dir, "-o", tmp_path / "c.parquet")
+    assert code == 2
+    assert "exactly one of --records or --task" in stderr
