@@ -10,6 +10,8 @@ import os
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from moa_kernels import moa_decode, moa_prefill, reference_moa_decode, reference_moa_prefill
 from moa_kernels.testing import RingCache, assert_flash_close, dense_oracle_decode, dense_oracle_prefill
@@ -128,3 +130,24 @@ def test_triton_prefill_then_decode_equals_one_prefill():
             q[:, i], cache.k, cache.v, seg_start=cache.seg_start, lengths=cache.lengths, implementation="triton"
         )
         torch.testing.assert_close(o, whole[:, i], atol=1e-5, rtol=0)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(
+    t=st.integers(1, 70),
+    group=st.sampled_from([1, 2, 4]),
+    h=st.integers(1, 2),
+    sink=st.integers(0, 20),
+    data=st.data(),
+)
+def test_triton_prefill_random_masks(t, group, h, sink, data):
+    """Random sinks, windows and padding: every tile boundary case of the masked/unmasked split."""
+    windows = torch.tensor(data.draw(st.lists(st.integers(-2, 80), min_size=h, max_size=h)))
+    start = torch.tensor(data.draw(st.lists(st.integers(0, t), min_size=2, max_size=2)))
+    q, k, v = _inputs((2, t, h * group, 16), (2, t, h, 16), torch.float32, seed=t)
+    o, lse = moa_prefill_fwd(q, k, v, sink=sink, windows=windows, start=start, return_lse=True)
+    exact_o, exact_lse = reference_moa_prefill(
+        q.double(), k.double(), v.double(), sink=sink, windows=windows, start=start, return_lse=True
+    )
+    torch.testing.assert_close(o.double(), exact_o, atol=1e-5, rtol=0)
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(exact_lse))

@@ -20,39 +20,35 @@ _LN2 = 0.6931471805599453
 
 @triton.jit
 def _attend_range(
-    acc,
-    m_i,
-    l_i,
-    q,
-    k_base,
-    v_base,
-    stride_kt,
-    stride_vt,
-    offs_d,
-    d_mask,
-    q_tok,
-    start_b,
-    lo,
-    hi,
-    seqlen,
-    sink,
-    window,
-    qk_scale,
-    BLOCK_N: tl.constexpr,
+    acc, m_i, l_i, q, k_base, v_base, stride_kt, stride_vt, offs_d, q_tok, start_b, lo, hi, sink, window, qk_scale,
+    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-):
-    """Online-softmax accumulation over key tokens [lo, hi) (any alignment), full mask per element."""
+):  # fmt: skip
+    """Online-softmax accumulation over key tokens [lo, hi), in tiles of BLOCK_N starting at lo.
+
+    With MASKED the full token mask is applied per element; without it every (query, key) pair of
+    every tile must be visible (the caller guarantees it) and no mask is computed.
+    """
     offs_n = tl.arange(0, BLOCK_N)
     for n0 in range(lo, hi, BLOCK_N):
         k_tok = n0 + offs_n
-        kv_mask = (k_tok[:, None] < hi) & d_mask[None, :]
-        k = tl.load(k_base + k_tok[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + k_tok[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=0.0)
+        if MASKED:
+            kv_mask = (k_tok[:, None] < hi) & (offs_d[None, :] < HEAD_DIM)
+            k = tl.load(k_base + k_tok[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
+            v = tl.load(v_base + k_tok[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=0.0)
+        elif BLOCK_D == HEAD_DIM:
+            k = tl.load(k_base + k_tok[:, None] * stride_kt + offs_d[None, :])
+            v = tl.load(v_base + k_tok[:, None] * stride_vt + offs_d[None, :])
+        else:
+            d_mask = offs_d[None, :] < HEAD_DIM
+            k = tl.load(k_base + k_tok[:, None] * stride_kt + offs_d[None, :], mask=d_mask, other=0.0)
+            v = tl.load(v_base + k_tok[:, None] * stride_vt + offs_d[None, :], mask=d_mask, other=0.0)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        kt = k_tok[None, :]
-        qt = q_tok[:, None]
-        visible = (kt < hi) & (kt <= qt) & (kt >= start_b) & ((kt - start_b < sink) | (qt - kt < window))
-        qk = tl.where(visible, qk, float("-inf"))
+        if MASKED:
+            kt = k_tok[None, :]
+            qt = q_tok[:, None]
+            visible = (kt < hi) & (kt <= qt) & (kt >= start_b) & ((kt - start_b < sink) | (qt - kt < window))
+            qk = tl.where(visible, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp2(m_i - m_safe)
@@ -60,6 +56,35 @@ def _attend_range(
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _attend_split(
+    acc, m_i, l_i, q, k_base, v_base, stride_kt, stride_vt, offs_d, q_tok, start_b, lo, hi, full_lo, full_hi,
+    sink, window, qk_scale,
+    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Keys [lo, hi): masked tiles before ``full_lo``, unmasked tiles inside [full_lo, full_hi), masked rest.
+
+    A tile [n0, n0 + BLOCK_N) is run unmasked only when n0 >= full_lo and n0 + BLOCK_N <= full_hi.
+    """
+    first_full = lo + tl.cdiv(tl.maximum(full_lo - lo, 0), BLOCK_N) * BLOCK_N
+    lead_hi = tl.minimum(first_full, hi)
+    n_full = tl.maximum(full_hi - first_full, 0) // BLOCK_N
+    full_end = first_full + n_full * BLOCK_N
+    acc, m_i, l_i = _attend_range(
+        acc, m_i, l_i, q, k_base, v_base, stride_kt, stride_vt, offs_d, q_tok, start_b, lo, lead_hi, sink, window,
+        qk_scale, BLOCK_N, HEAD_DIM, BLOCK_D, True, DOT_PRECISION,
+    )  # fmt: skip
+    acc, m_i, l_i = _attend_range(
+        acc, m_i, l_i, q, k_base, v_base, stride_kt, stride_vt, offs_d, q_tok, start_b, first_full, full_end, sink,
+        window, qk_scale, BLOCK_N, HEAD_DIM, BLOCK_D, False, DOT_PRECISION,
+    )  # fmt: skip
+    acc, m_i, l_i = _attend_range(
+        acc, m_i, l_i, q, k_base, v_base, stride_kt, stride_vt, offs_d, q_tok, start_b, tl.maximum(full_end, lead_hi),
+        hi, sink, window, qk_scale, BLOCK_N, HEAD_DIM, BLOCK_D, True, DOT_PRECISION,
+    )  # fmt: skip
     return acc, m_i, l_i
 
 
@@ -134,17 +159,21 @@ def moa_prefill_fwd_kernel(
     tile_lo = pid_m * BLOCK_M
     tile_hi = tl.minimum(tile_lo + BLOCK_M, seqlen)
     # Sink range: key tokens [start_b, start_b + sink), causally cut at the tile's last query.
+    # A sink tile needs no mask when it lies entirely at or before the tile's first query.
     sink_hi = tl.minimum(start_b + sink, tile_hi)
-    acc, m_i, l_i = _attend_range(
-        acc, m_i, l_i, q, k_base, v_base, stride_kt, stride_vt, offs_d, d_mask, q_tok, start_b,
-        start_b, sink_hi, seqlen, sink, window, qk_scale, BLOCK_N, DOT_PRECISION,
+    acc, m_i, l_i = _attend_split(
+        acc, m_i, l_i, q, k_base, v_base, stride_kt, stride_vt, offs_d, q_tok, start_b,
+        start_b, sink_hi, start_b, tl.minimum(sink_hi, tile_lo + 1), sink, window, qk_scale,
+        BLOCK_N, HEAD_DIM, BLOCK_D, DOT_PRECISION,
     )  # fmt: skip
     # Band range: keys within `window` of some query of the tile, minus what the sink range covered.
+    # A band tile needs no mask when it is before the first query and within `window` of the last one.
     band_lo = tl.maximum(tl.maximum(tile_lo - window + 1, start_b), sink_hi)
     band_hi = tl.where(window > 0, tile_hi, band_lo)
-    acc, m_i, l_i = _attend_range(
-        acc, m_i, l_i, q, k_base, v_base, stride_kt, stride_vt, offs_d, d_mask, q_tok, start_b,
-        band_lo, band_hi, seqlen, sink, window, qk_scale, BLOCK_N, DOT_PRECISION,
+    acc, m_i, l_i = _attend_split(
+        acc, m_i, l_i, q, k_base, v_base, stride_kt, stride_vt, offs_d, q_tok, start_b,
+        band_lo, band_hi, tl.maximum(tile_hi - window, start_b), tl.minimum(band_hi, tile_lo + 1), sink, window,
+        qk_scale, BLOCK_N, HEAD_DIM, BLOCK_D, DOT_PRECISION,
     )  # fmt: skip
 
     seen = l_i > 0.0
