@@ -158,3 +158,20 @@ def test_records_and_task_are_exclusive(tmp_path: Path, model_dir: Path):
     code, _, stderr = run("calibrate", "--model", model_dir, "-o", tmp_path / "c.parquet")
     assert code == 2
     assert "exactly one of --records or --task" in stderr
+
+
+def test_calibrate_from_synthetic_task(tmp_path: Path, model_dir: Path):
+    """--task draws records from moa_plan.tasks at each length (or says clearly that it cannot)."""
+    from moa_profiler.records import tasks_available
+
+    out = tmp_path / "c.parquet"
+    args = ["calibrate", "--model", model_dir, "--task", "lines", "--lengths", "96,128", "--num-samples", 2]
+    code, stdout, stderr = run(*args, "--max-new-tokens", 4, "--quiet", "--json", "-o", out)
+    if not tasks_available():
+        assert_one_sentence(code, stderr, "no synthetic tasks")
+        return
+    assert code == 0, stderr
+    assert json.loads(stdout)["per_length"] == {"96": 2, "128": 2}
+    calib = read_calibration(out)
+    assert calib.provenance["source"].startswith("moa_plan.tasks:lines")
+    assert {s.task for s in calib.samples} == {"lines"}

@@ -84,9 +84,12 @@ def influence_rows(
     del scores
     # G = dO v^T: dL/dA_ij = dO_i . v_j.
     g = torch.bmm(dc, vt).view(heads, rows, length)
-    r = (g * a).sum(dim=-1, keepdim=True)
-    denom = (1.0 - a).clamp_min_(torch.finfo(dtype).eps)
-    e = a * (r - g) / denom
+    r = torch.einsum("hrn,hrn->hr", g, a)[..., None]
+    # In place, to keep about three [HQ, rows, T] tensors alive: e = A (r - G) / (1 - A).
+    e = g.neg_().add_(r).mul_(a)
+    denom = torch.sub(1.0, a).clamp_min_(torch.finfo(dtype).eps)
+    e.div_(denom)
+    del denom
     return e.masked_fill_((a >= 1.0) | (j > i), 0.0)
 
 
@@ -131,9 +134,14 @@ def layer_influence(
         i = torch.arange(start, stop, device=device)[:, None]
         d = i - j
         index = torch.where((j >= sink) & (d >= 0), d, buckets).reshape(1, -1)
-        hist.scatter_add_(1, index.expand(heads, -1), e.reshape(heads, -1).to(torch.float64))
+        del d
+        # Per-chunk sums in the compute dtype (at most `rows` terms per bucket), totals in float64.
+        part = torch.zeros(heads, buckets + 1, dtype=e.dtype, device=device)
+        part.scatter_add_(1, index.expand(heads, -1), e.reshape(heads, -1))
+        hist += part
+        del index, part
         if sink:
-            sink_sum += e[:, :, :sink].sum(dim=(1, 2)).to(torch.float64)
+            sink_sum += e[:, :, :sink].sum(dim=(1, 2), dtype=torch.float64)
         if block_map is not None and block:
             padded = torch.zeros(heads, -(-(stop - start) // block) * block, nb * block, dtype=e.dtype, device=device)
             padded[:, : stop - start, :length] = e

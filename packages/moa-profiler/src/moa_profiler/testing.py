@@ -56,9 +56,10 @@ def make_model(
         bos_token_id=2,
         eos_token_id=3,
         pad_token_id=0,
-        attn_implementation="sdpa",
     )
-    return LlamaForCausalLM(config).eval()
+    model = LlamaForCausalLM(config).eval()
+    model.set_attn_implementation("sdpa")
+    return model
 
 
 def text(n: int, seed: int) -> str:
@@ -70,7 +71,7 @@ def text(n: int, seed: int) -> str:
 def eos_biased(model: torch.nn.Module, strength: float = 1.0) -> torch.nn.Module:
     """Make <|end|> compete with a common word, so some answers stop before the cap."""
     with torch.no_grad():
-        head = model.get_output_embeddings().weight
+        head = model.get_output_embeddings().weight  # type: ignore[operator]
         head[3] = head[len(SPECIAL) + 5] * strength
     return model
 
