@@ -266,7 +266,7 @@ def config_from_args(argv: list[str] | None = None) -> BenchConfig:
     if args.quick:
         cfg = BenchConfig(
             device=args.device, dtype="fp32" if args.device == "cpu" else args.dtype, lengths=(256,),
-            densities=(0.25, 1.0), group_sizes=(1, 2), batches=(1,), kv_heads=2, head_dim=32, sink=16,
+            densities=(0.25,), group_sizes=(1, 2), batches=(1,), kv_heads=2, head_dim=32, sink=16,
             flex=not args.no_flex,
         )  # fmt: skip
     else:
