@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moa_kernels import moa_decode, moa_prefill, reference_moa_decode, reference_moa_prefill
+from moa_kernels import KernelInputError, moa_decode, moa_prefill, reference_moa_decode, reference_moa_prefill
 from moa_kernels.testing import RingCache, assert_flash_close, dense_oracle_decode, dense_oracle_prefill
 
 triton = pytest.importorskip("triton", reason="triton is a test dependency of moa-kernels")
@@ -100,9 +100,11 @@ def test_triton_decode_matches_oracle(b, hq, h, d, spans, lengths, split, dtype)
     q, kc, vc, seg, lens = _ragged_cache(b, hq, h, d, spans, lengths, dtype)
     out = torch.full_like(q, float("nan"))
     lse_out = torch.full((b, hq), float("nan"), dtype=torch.float32, device=DEVICE)
+    # Without a split override, pass the largest span as max_length (the runtime's sync-free call).
     o, lse = moa_decode_fwd(
-        q, kc, vc, seg_start=seg, lengths=lens, return_lse=True, split_size=split, out=out, lse_out=lse_out
-    )
+        q, kc, vc, seg_start=seg, lengths=lens, return_lse=True, split_size=split, out=out, lse_out=lse_out,
+        max_length=None if split else max(spans),
+    )  # fmt: skip
     exact_o, exact_lse = dense_oracle_decode(
         q.double().cpu(), kc.double().cpu(), vc.double().cpu(), seg_start=seg, lengths=lens
     )
@@ -151,3 +153,12 @@ def test_triton_prefill_random_masks(t, group, h, sink, data):
     )
     torch.testing.assert_close(o.double(), exact_o, atol=1e-5, rtol=0)
     assert torch.equal(torch.isneginf(lse), torch.isneginf(exact_lse))
+
+
+def test_triton_rejects_fp64_and_bad_out():
+    q, k, v = _inputs((1, 8, 2, 16), (1, 8, 1, 16), torch.float64)
+    with pytest.raises(KernelInputError, match="fp32/fp16/bf16"):
+        moa_prefill_fwd(q, k, v, sink=2, windows=torch.tensor([3]))
+    q, k, v = _inputs((1, 8, 2, 16), (1, 8, 1, 16), torch.float32)
+    with pytest.raises(KernelInputError, match="out must be"):
+        moa_prefill_fwd(q, k, v, sink=2, windows=torch.tensor([3]), out=torch.empty(1, 8, 2, 8))

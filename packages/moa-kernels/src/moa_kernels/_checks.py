@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 
@@ -39,6 +40,7 @@ def check_implementation(implementation: str) -> None:
         raise KernelInputError(f"implementation must be one of {_IMPLEMENTATIONS}, got {implementation!r}.")
 
 
+@functools.cache
 def triton_available() -> bool:
     """Whether triton can be imported (checked without importing it)."""
     return importlib.util.find_spec("triton") is not None

@@ -20,6 +20,7 @@ def moa_decode(
     scale: float | None = None,
     return_lse: bool = False,
     implementation: str = "auto",
+    max_length: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of one new token per row over the valid slots of each KV head's segment.
 
@@ -31,6 +32,8 @@ def moa_decode(
         scale: softmax scale (default ``1 / sqrt(D)``).
         return_lse: also return lse [B, HQ] float32.
         implementation: "auto" (Triton when q is on CUDA and triton is installed), "reference" or "triton".
+        max_length: optional upper bound of ``lengths`` (e.g. the largest span); the Triton path
+            sizes its splits from it, and reads ``lengths.max()`` (one GPU sync) when it is omitted.
 
     Returns:
         o: [B, HQ, D] in q's dtype (0 for rows of length 0), and lse [B, HQ] with ``return_lse``.
@@ -39,7 +42,14 @@ def moa_decode(
         from moa_kernels.ops.moa_decode.triton import moa_decode_fwd
 
         return moa_decode_fwd(
-            q, k_cache, v_cache, seg_start=seg_start, lengths=lengths, scale=scale, return_lse=return_lse
+            q,
+            k_cache,
+            v_cache,
+            seg_start=seg_start,
+            lengths=lengths,
+            scale=scale,
+            return_lse=return_lse,
+            max_length=max_length,
         )
     return reference_moa_decode(
         q, k_cache, v_cache, seg_start=seg_start, lengths=lengths, scale=scale, return_lse=return_lse

@@ -23,6 +23,9 @@ def check_decode_inputs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate decode inputs; return ``seg_start`` int64 [H] and ``lengths`` int64 [B, H] on q's device.
 
+    Shapes, dtypes and devices are always checked; the values of ``seg_start``/``lengths`` only when
+    q is on the CPU (reading them from a GPU would synchronise).
+
     Raises:
         KernelInputError: naming the first problem found.
     """
@@ -46,10 +49,12 @@ def check_decode_inputs(
     lens = torch.as_tensor(lengths, device=q.device).to(torch.int64)
     if lens.shape != (bsz, h):
         raise KernelInputError(f"lengths must be [B={bsz}, H={h}], got {tuple(lens.shape)}.")
-    if bool((lens < 0).any()) or bool((seg < 0).any()):
-        raise KernelInputError("seg_start and lengths must be non-negative.")
-    if bsz > 0 and bool(((seg.view(1, -1) + lens) > k_cache.shape[1]).any()):
-        raise KernelInputError(f"a segment runs past the end of the cache (M={k_cache.shape[1]}).")
+    # Value checks read the tensors back: done on CPU only, so a CUDA call never synchronises.
+    if not lens.is_cuda:
+        if bool((lens < 0).any()) or bool((seg < 0).any()):
+            raise KernelInputError("seg_start and lengths must be non-negative.")
+        if bsz > 0 and bool(((seg.view(1, -1) + lens) > k_cache.shape[1]).any()):
+            raise KernelInputError(f"a segment runs past the end of the cache (M={k_cache.shape[1]}).")
     return seg, lens
 
 

@@ -29,6 +29,8 @@ def check_prefill_inputs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate prefill inputs; return ``windows`` as int64 [H] and ``start`` as int64 [B] on q's device.
 
+    The values of ``start`` are checked only when q is on the CPU (no GPU synchronisation).
+
     Raises:
         KernelInputError: naming the first problem found.
     """
@@ -59,7 +61,8 @@ def check_prefill_inputs(
         start_t = torch.as_tensor(start, device=q.device).to(torch.int64).reshape(-1)
         if start_t.numel() != bsz:
             raise KernelInputError(f"start must have one entry per batch row ({bsz}), got {start_t.numel()}.")
-        if bool(((start_t < 0) | (start_t > seqlen)).any()):
+        # Value check on CPU only, so a CUDA call never synchronises.
+        if not start_t.is_cuda and bool(((start_t < 0) | (start_t > seqlen)).any()):
             raise KernelInputError(f"start (left padding) must lie in [0, T={seqlen}].")
     return windows_t, start_t
 
