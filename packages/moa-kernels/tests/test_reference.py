@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moa_kernels import KernelInputError, moa_decode, moa_prefill, reference_moa_decode, reference_moa_prefill
+from moa_kernels import (
+    KernelInputError,
+    merge_attention,
+    moa_decode,
+    moa_prefill,
+    reference_moa_decode,
+    reference_moa_prefill,
+)
 from moa_kernels.testing import RingCache, dense_oracle_prefill
 
 # (B, T, HQ, H, D, sink, windows, start)
@@ -142,3 +149,54 @@ def test_import_does_not_import_triton():
 
     code = "import sys, moa_kernels; assert 'triton' not in sys.modules, 'triton imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("offset", [[0, 3], [2, 100], [70, 64]], ids=["off0-3", "off2-100", "off70-64"])
+def test_reference_prefill_offset_matches_oracle_fp64(offset):
+    q, k, v = _inputs(2, 50, 4, 2, 8)
+    w, st, off = torch.tensor([5, 17]), torch.tensor([0, 9]), torch.tensor(offset)
+    o, lse = reference_moa_prefill(q, k, v, sink=64, windows=w, start=st, offset=off, return_lse=True, chunk_size=13)
+    o_ref, lse_ref = dense_oracle_prefill(q, k, v, sink=64, windows=w, start=st, offset=off)
+    torch.testing.assert_close(o, o_ref, atol=1e-12, rtol=0)
+    _assert_lse_close(lse, lse_ref, 1e-12)
+
+
+def _cross_attention(q, k, v, qpos, kpos, sink, windows, group):
+    """Explicit-mask attention of queries at positions qpos [B, Tq] over keys at kpos [B, Tk] (-1 = none)."""
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k.repeat_interleave(group, dim=2)) * q.shape[-1] ** -0.5
+    i = qpos[:, None, :, None]
+    j = kpos[:, None, None, :]
+    w = windows.repeat_interleave(group)[None, :, None, None]
+    visible = (j >= 0) & (j <= i) & ((j < sink) | (i - j < w))
+    scores = scores.masked_fill(~visible, float("-inf"))
+    lse = torch.logsumexp(scores, -1)
+    probs = torch.exp(scores - torch.where(torch.isneginf(lse), 0, lse)[..., None])
+    o = torch.einsum("bhqk,bkhd->bqhd", probs, v.repeat_interleave(group, dim=2))
+    return o, lse.transpose(1, 2)
+
+
+def test_multi_turn_prefill_with_offset_and_merge_equals_one_prefill():
+    """Turn 2 = merge(turn-2 queries over turn-1 keys, moa_prefill(turn 2, offset)) == one prefill."""
+    b, t, p, hq, h, d, sink = 2, 60, 35, 4, 2, 8, 6
+    q, k, v = _inputs(b, t, hq, h, d, seed=5)
+    w, st = torch.tensor([4, 20]), torch.tensor([0, 7])
+    whole, whole_lse = reference_moa_prefill(q, k, v, sink=sink, windows=w, start=st, return_lse=True)
+    offset = p - st
+    o2, lse2 = moa_prefill(q[:, p:], k[:, p:], v[:, p:], sink=sink, windows=w, offset=offset, return_lse=True)
+    tok = torch.arange(t)
+    pos = tok[None, :] - st[:, None]
+    kpos = torch.where(pos[:, :p] >= 0, pos[:, :p], torch.full_like(pos[:, :p], -1))
+    o1, lse1 = _cross_attention(q[:, p:], k[:, :p], v[:, :p], pos[:, p:], kpos, sink, w, hq // h)
+    o, lse = merge_attention(o1, lse1, o2, lse2.transpose(1, 2))
+    torch.testing.assert_close(o, whole[:, p:], atol=1e-12, rtol=0)
+    torch.testing.assert_close(lse.transpose(1, 2), whole_lse[:, :, p:], atol=1e-12, rtol=0)
+
+
+def test_merge_attention_with_empty_sides():
+    o = torch.randn(3, 4, dtype=torch.float64)
+    lse = torch.tensor([0.5, float("-inf"), float("-inf")], dtype=torch.float64)
+    none = torch.full((3,), float("-inf"), dtype=torch.float64)
+    merged, merged_lse = merge_attention(o, lse, torch.zeros_like(o), none)
+    torch.testing.assert_close(merged[0], o[0])
+    assert torch.all(merged[1:] == 0)
+    assert torch.isneginf(merged_lse[1:]).all()

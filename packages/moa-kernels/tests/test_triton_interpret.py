@@ -143,13 +143,14 @@ def test_triton_prefill_then_decode_equals_one_prefill():
     data=st.data(),
 )
 def test_triton_prefill_random_masks(t, group, h, sink, data):
-    """Random sinks, windows and padding: every tile boundary case of the masked/unmasked split."""
+    """Random sinks, windows, padding and offsets: every tile boundary case of the masked/unmasked split."""
     windows = torch.tensor(data.draw(st.lists(st.integers(-2, 80), min_size=h, max_size=h)))
     start = torch.tensor(data.draw(st.lists(st.integers(0, t), min_size=2, max_size=2)))
+    offset = torch.tensor(data.draw(st.lists(st.integers(0, 25), min_size=2, max_size=2)))
     q, k, v = _inputs((2, t, h * group, 16), (2, t, h, 16), torch.float32, seed=t)
-    o, lse = moa_prefill_fwd(q, k, v, sink=sink, windows=windows, start=start, return_lse=True)
-    exact_o, exact_lse = reference_moa_prefill(
-        q.double(), k.double(), v.double(), sink=sink, windows=windows, start=start, return_lse=True
+    o, lse = moa_prefill_fwd(q, k, v, sink=sink, windows=windows, start=start, offset=offset, return_lse=True)
+    exact_o, exact_lse = dense_oracle_prefill(
+        q.double(), k.double(), v.double(), sink=sink, windows=windows, start=start, offset=offset
     )
     torch.testing.assert_close(o.double(), exact_o, atol=1e-5, rtol=0)
     assert torch.equal(torch.isneginf(lse), torch.isneginf(exact_lse))

@@ -4,6 +4,7 @@ Importing this package does not import triton; the Triton kernels are loaded on 
 """
 
 from moa_kernels._checks import KernelInputError
+from moa_kernels.merge import merge_attention
 from moa_kernels.ops.moa_decode import moa_decode, reference_moa_decode
 from moa_kernels.ops.moa_prefill import moa_prefill, reference_moa_prefill
 
@@ -12,6 +13,7 @@ __version__ = "0.1.0"
 __all__ = [
     "KernelInputError",
     "__version__",
+    "merge_attention",
     "moa_decode",
     "moa_prefill",
     "reference_moa_decode",

@@ -19,18 +19,22 @@ import torch.nn.functional as F
 __all__ = ["visibility_mask", "dense_oracle_prefill", "dense_oracle_decode", "assert_flash_close", "RingCache"]
 
 
-def visibility_mask(seqlen: int, sink: int, windows: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+def visibility_mask(
+    seqlen: int, sink: int, windows: torch.Tensor, start: torch.Tensor, offset: torch.Tensor | None = None
+) -> torch.Tensor:
     """Boolean [B, H, T, T]: True where query token t may see key token t'.
 
     Args:
         seqlen: T. sink: S. windows: int [H]. start: int [B] left padding per row.
+        offset: int [B] position of each row's first real token (default 0).
     """
     t = torch.arange(seqlen, device=start.device)
     qi = t.view(1, 1, -1, 1)
     kj = t.view(1, 1, 1, -1)
     st = start.to(torch.int64).view(-1, 1, 1, 1)
     w = windows.to(device=start.device, dtype=torch.int64).view(1, -1, 1, 1)
-    return (kj <= qi) & (kj >= st) & (qi >= st) & ((kj - st < sink) | (qi - kj < w))
+    off = 0 if offset is None else offset.to(device=start.device, dtype=torch.int64).view(-1, 1, 1, 1)
+    return (kj <= qi) & (kj >= st) & (qi >= st) & ((kj - st + off < sink) | (qi - kj < w))
 
 
 def dense_oracle_prefill(
@@ -42,6 +46,7 @@ def dense_oracle_prefill(
     windows: torch.Tensor,
     start: torch.Tensor | None = None,
     scale: float | None = None,
+    offset: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense SDPA with the explicit mask; K/V repeated per query head. O(T^2) memory: tests only.
 
@@ -57,7 +62,7 @@ def dense_oracle_prefill(
     g = hq // h
     if start is None:
         start = torch.zeros(bsz, dtype=torch.int64, device=q.device)
-    mask = visibility_mask(seqlen, sink, windows, start.to(q.device))
+    mask = visibility_mask(seqlen, sink, windows, start.to(q.device), offset)
     mask = mask.repeat_interleave(g, dim=1)
     any_visible = mask.any(dim=-1, keepdim=True)
     safe_mask = mask | ~any_visible

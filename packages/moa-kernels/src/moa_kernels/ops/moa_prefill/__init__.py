@@ -21,6 +21,7 @@ def moa_prefill(
     scale: float | None = None,
     return_lse: bool = False,
     implementation: str = "auto",
+    offset: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Causal attention where KV head h sees its ``sink`` tokens plus a band of ``windows[h]`` tokens.
 
@@ -36,6 +37,9 @@ def moa_prefill(
         scale: softmax scale (default ``1 / sqrt(D)``).
         return_lse: also return lse [B, HQ, T] float32.
         implementation: "auto" (Triton when q is on CUDA and triton is installed), "reference" or "triton".
+        offset: int [B], position of each row's first real token (default 0), for a prompt that
+            continues cached tokens (multi-turn): only keys of this call are attended, so the runtime
+            merges this result with attention over its cache through the lse (``merge_attention``).
 
     Returns:
         o: [B, T, HQ, D] in q's dtype, and lse [B, HQ, T] with ``return_lse``.
@@ -43,5 +47,9 @@ def moa_prefill(
     if use_triton(q, implementation):
         from moa_kernels.ops.moa_prefill.triton import moa_prefill_fwd
 
-        return moa_prefill_fwd(q, k, v, sink=sink, windows=windows, start=start, scale=scale, return_lse=return_lse)
-    return reference_moa_prefill(q, k, v, sink=sink, windows=windows, start=start, scale=scale, return_lse=return_lse)
+        return moa_prefill_fwd(
+            q, k, v, sink=sink, windows=windows, start=start, scale=scale, return_lse=return_lse, offset=offset
+        )
+    return reference_moa_prefill(
+        q, k, v, sink=sink, windows=windows, start=start, scale=scale, return_lse=return_lse, offset=offset
+    )

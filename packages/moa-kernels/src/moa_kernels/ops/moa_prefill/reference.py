@@ -26,8 +26,10 @@ def check_prefill_inputs(
     sink: int,
     windows: torch.Tensor,
     start: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate prefill inputs; return ``windows`` as int64 [H] and ``start`` as int64 [B] on q's device.
+    offset: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate prefill inputs; return int64 tensors on q's device: ``windows`` [H], ``start`` [B] and
+    the per-row sink ``max(sink - offset[b], 0)`` [B] (the sink tokens that lie inside this call).
 
     The values of ``start`` are checked only when q is on the CPU (no GPU synchronisation).
 
@@ -64,7 +66,14 @@ def check_prefill_inputs(
         # Value check on CPU only, so a CUDA call never synchronises.
         if not start_t.is_cuda and bool(((start_t < 0) | (start_t > seqlen)).any()):
             raise KernelInputError(f"start (left padding) must lie in [0, T={seqlen}].")
-    return windows_t, start_t
+    if offset is None:
+        sink_rows = torch.full((bsz,), sink, dtype=torch.int64, device=q.device)
+    else:
+        offset_t = torch.as_tensor(offset, device=q.device).to(torch.int64).reshape(-1)
+        if offset_t.numel() != bsz:
+            raise KernelInputError(f"offset must have one entry per batch row ({bsz}), got {offset_t.numel()}.")
+        sink_rows = (sink - offset_t).clamp(min=0)
+    return windows_t, start_t, sink_rows
 
 
 def _key_ranges(c0: int, c1: int, window: int, sink: int, smin: int, smax: int) -> list[tuple[int, int]]:
@@ -94,7 +103,7 @@ def _chunk_head(
     qpos: torch.Tensor,
     kidx: torch.Tensor,
     start: torch.Tensor,
-    sink: int,
+    sink: torch.Tensor,
     window: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of one chunk for one KV head group.
@@ -103,7 +112,7 @@ def _chunk_head(
         qh: [B, G, C, D] scaled queries (compute dtype).
         kh, vh: [B, K, D] keys/values of the chunk's key ranges.
         qpos: [C] query token indices; kidx: [K] key token indices.
-        start: [B] left padding per row.
+        start: [B] left padding per row; sink: [B] sink tokens of each row inside this call.
 
     Returns:
         o: [B, G, C, D] and lse: [B, G, C] (compute dtype; -inf where nothing is visible).
@@ -113,7 +122,7 @@ def _chunk_head(
     qi = qpos.view(1, c, 1)
     kj = kidx.view(1, 1, -1)
     st = start.view(-1, 1, 1)
-    visible = (kj <= qi) & (kj >= st) & ((kj - st < sink) | (qi - kj < window))
+    visible = (kj <= qi) & (kj >= st) & ((kj - st < sink.view(-1, 1, 1)) | (qi - kj < window))
     scores = scores.masked_fill(~visible.unsqueeze(1), float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)
     finite = torch.isfinite(lse)
@@ -142,6 +151,7 @@ def reference_moa_prefill(
     scale: float | None = None,
     return_lse: bool = False,
     chunk_size: int | None = None,
+    offset: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Causal attention where KV head h sees its sink plus a window of ``windows[h]`` tokens.
 
@@ -157,12 +167,14 @@ def reference_moa_prefill(
         scale: softmax scale, default ``1 / sqrt(D)``.
         return_lse: also return the natural-log sum of exp of the scaled scores.
         chunk_size: queries per chunk (default: sized to keep one score matrix near 16M elements).
+        offset: int [B], position of each row's first real token (default 0): a prompt that continues
+            an earlier one. Positions become ``t - start[b] + offset[b]``; only the sink test changes.
 
     Returns:
         o: [B, T, HQ, D] in q's dtype; with ``return_lse`` also lse: [B, HQ, T] float32
         (-inf for rows that see nothing). fp64 inputs give fp64 lse.
     """
-    windows_t, start_t = check_prefill_inputs(q, k, v, sink, windows, start)
+    windows_t, start_t, sink_rows = check_prefill_inputs(q, k, v, sink, windows, start, offset)
     bsz, seqlen, hq, dim = q.shape
     h = k.shape[2]
     g = hq // h
@@ -171,8 +183,9 @@ def reference_moa_prefill(
     win = [int(w) for w in windows_t.tolist()]
     smin = int(start_t.min()) if bsz > 0 else 0
     smax = int(start_t.max()) if bsz > 0 else 0
+    sink_max = int(sink_rows.max()) if bsz > 0 else 0
     if chunk_size is None:
-        chunk_size = _auto_chunk(seqlen, bsz * g, sink, win)
+        chunk_size = _auto_chunk(seqlen, bsz * g, sink_max, win)
     if chunk_size <= 0:
         raise KernelInputError(f"chunk_size must be positive, got {chunk_size}.")
     lse_dtype = torch.float64 if cdt == torch.float64 else torch.float32
@@ -184,13 +197,20 @@ def reference_moa_prefill(
         qpos = arange[c0:c1]
         qc = q[:, c0:c1].to(cdt) * sm_scale
         for head in range(h):
-            ranges = _key_ranges(c0, c1, win[head], sink, smin, smax)
+            ranges = _key_ranges(c0, c1, win[head], sink_max, smin, smax)
             if not ranges:
                 continue
             kidx = torch.cat([arange[a:b] for a, b in ranges])
             qh = qc[:, :, head * g : (head + 1) * g, :].permute(0, 2, 1, 3)
             o_h, l_h = _chunk_head(
-                qh, _gather(k, ranges, head, cdt), _gather(v, ranges, head, cdt), qpos, kidx, start_t, sink, win[head]
+                qh,
+                _gather(k, ranges, head, cdt),
+                _gather(v, ranges, head, cdt),
+                qpos,
+                kidx,
+                start_t,
+                sink_rows,
+                win[head],
             )
             out[:, c0:c1, head * g : (head + 1) * g, :] = o_h.permute(0, 2, 1, 3).to(q.dtype)
             lse_out[:, head * g : (head + 1) * g, c0:c1] = l_h.to(lse_dtype)

@@ -97,8 +97,8 @@ def moa_prefill_fwd_kernel(
     lse_ptr,
     windows_ptr,
     start_ptr,
+    sink_ptr,
     seqlen,
-    sink,
     qk_scale,
     stride_qb,
     stride_qt,
@@ -138,6 +138,7 @@ def moa_prefill_fwd_kernel(
     b64 = b.to(tl.int64)
     start_b = tl.load(start_ptr + b).to(tl.int32)
     window = tl.load(windows_ptr + h).to(tl.int32)
+    sink = tl.load(sink_ptr + b).to(tl.int32)
 
     rows = tl.arange(0, BLOCK_M * GROUP_P2)
     q_tok = pid_m * BLOCK_M + rows // GROUP_P2
@@ -209,12 +210,13 @@ def moa_prefill_fwd(
     block_n: int | None = None,
     out: torch.Tensor | None = None,
     lse_out: torch.Tensor | None = None,
+    offset: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Launch :func:`moa_prefill_fwd_kernel`; same contract as ``reference_moa_prefill``.
 
     Args:
         q: [B, T, HQ, D] fp32/fp16/bf16; k, v: [B, T, H, D].
-        sink, windows, start, scale, return_lse: as in ``moa_prefill``.
+        sink, windows, start, scale, return_lse, offset: as in ``moa_prefill``.
         block_m, block_n: tile sizes override (tokens per query tile, keys per key tile).
         out, lse_out: optional preallocated outputs (contiguous, q's dtype / float32); every element
             is written.
@@ -222,7 +224,7 @@ def moa_prefill_fwd(
     Returns:
         o: [B, T, HQ, D] (q's dtype) and, with ``return_lse``, lse: [B, HQ, T] float32.
     """
-    windows_t, start_t = check_prefill_inputs(q, k, v, sink, windows, start)
+    windows_t, start_t, sink_rows = check_prefill_inputs(q, k, v, sink, windows, start, offset)
     if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise KernelInputError(f"the Triton moa_prefill supports fp32/fp16/bf16, got {q.dtype}.")
     bsz, seqlen, hq, dim = q.shape
@@ -236,6 +238,7 @@ def moa_prefill_fwd(
     # Clamp huge windows so in-kernel int32 arithmetic cannot overflow.
     windows_i = windows_t.clamp(max=seqlen + 1).to(torch.int32)
     start_i = start_t.to(torch.int32)
+    sink_i = sink_rows.clamp(max=seqlen + 1).to(torch.int32)
     interpret = not q.is_cuda
     bm, bn = _tile_sizes(group_p2, dim, interpret)
     bm = block_m or bm
@@ -244,8 +247,8 @@ def moa_prefill_fwd(
     if bsz == 0 or seqlen == 0:
         return (out, lse) if return_lse else out
     moa_prefill_fwd_kernel[grid](
-        q, k, v, out, lse, windows_i, start_i,
-        seqlen, sink, default_scale(dim, scale) * _LOG2E,
+        q, k, v, out, lse, windows_i, start_i, sink_i,
+        seqlen, default_scale(dim, scale) * _LOG2E,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
