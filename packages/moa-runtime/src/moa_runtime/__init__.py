@@ -1,5 +1,25 @@
-"""moa-runtime: Run a moa plan inside Hugging Face transformers."""
+"""moa-runtime: run a moa plan inside Hugging Face transformers (per-head elastic KV cache, plain generate()).
+
+Importing this package registers nothing; `apply_plan` (or `register`) does.
+"""
+
+from moa_runtime.attention import ATTN_NAME, apply_plan, moa_attention_forward, register, remove_plan
+from moa_runtime.cache import IMPLEMENTATIONS, MoACache, MoALayer
+from moa_runtime.errors import MoaRuntimeError
+from moa_runtime.positional import positional_attention
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "ATTN_NAME",
+    "IMPLEMENTATIONS",
+    "MoACache",
+    "MoALayer",
+    "MoaRuntimeError",
+    "__version__",
+    "apply_plan",
+    "moa_attention_forward",
+    "positional_attention",
+    "register",
+    "remove_plan",
+]

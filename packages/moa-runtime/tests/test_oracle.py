@@ -1,0 +1,149 @@
+"""A mixed plan (different spans per layer and head) against the explicit-mask oracle."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moa_plan import Plan
+from moa_runtime import MoACache, apply_plan
+from moa_runtime.testing import make_model, mixed_plan, oracle_logits, step_logits
+
+ATOL = 1e-5
+
+
+def _ids(b: int, t: int, seed: int) -> torch.Tensor:
+    return torch.randint(3, 96, (b, t), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(("arch", "kv_heads", "layers"), [("llama", 2, 2), ("qwen3", 4, 2), ("mistral", 1, 3)])
+def test_prefill_and_every_decode_step(arch: str, kv_heads: int, layers: int, greedy: dict) -> None:
+    model = make_model(arch, kv_heads=kv_heads, layers=layers)
+    plan = mixed_plan(model)
+    ids, steps = _ids(1, 37, 2), 24
+    n = ids.shape[1] + steps
+    windows = plan.windows(n)
+    assert len(set(windows.ravel().tolist())) >= 3
+    assert windows.min() < 10
+    assert windows.max() > 40
+    apply_plan(model, plan)
+    with torch.no_grad():
+        prefill = model(ids, cache=MoACache(plan, model.config, max_length=n)).logits
+        out = model.generate(ids, max_new_tokens=steps, **greedy)
+    full = out.sequences
+    oracle = oracle_logits(model, plan, n, full[:, :-1])
+    dense = oracle_logits(model, Plan.dense(plan.model, sink=4, block=4), n, full[:, :-1])
+    assert (dense - oracle).abs().max() > 1e-2  # the windows really cut keys away
+    torch.testing.assert_close(prefill, oracle[:, : ids.shape[1]], atol=ATOL, rtol=0)
+    torch.testing.assert_close(step_logits(out), oracle[:, ids.shape[1] - 1 :], atol=ATOL, rtol=0)
+
+
+def test_generation_past_n_keeps_sliding(greedy: dict) -> None:
+    model = make_model("llama")
+    plan = mixed_plan(model)
+    ids = _ids(1, 30, 3)
+    n = 34  # the cache is sized for 4 new tokens; generate 30
+    apply_plan(model, plan)
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=30, cache=MoACache(plan, model.config, max_length=n), **greedy)
+    oracle = oracle_logits(model, plan, n, out.sequences[:, :-1])
+    torch.testing.assert_close(step_logits(out), oracle[:, ids.shape[1] - 1 :], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("prompt_len", [1, 3])
+def test_prompt_shorter_than_sink(prompt_len: int, greedy: dict) -> None:
+    model = make_model("qwen2")
+    plan = mixed_plan(model, sink=8, block=4)
+    ids = _ids(1, prompt_len, 4)
+    apply_plan(model, plan)
+    with torch.no_grad():
+        short = model.generate(ids, max_new_tokens=2, **greedy)  # N < sink
+        past = model.generate(ids, max_new_tokens=12, cache=MoACache(plan, model.config, max_length=4), **greedy)
+    oracle = oracle_logits(model, plan, prompt_len + 2, short.sequences[:, :-1])
+    torch.testing.assert_close(step_logits(short), oracle[:, prompt_len - 1 :], atol=ATOL, rtol=0)
+    oracle = oracle_logits(model, plan, 4, past.sequences[:, :-1])
+    torch.testing.assert_close(step_logits(past), oracle[:, prompt_len - 1 :], atol=ATOL, rtol=0)
+
+
+def test_left_padded_batch_equals_each_alone(greedy: dict) -> None:
+    model = make_model("llama", kv_heads=2)
+    plan = mixed_plan(model)
+    lengths, steps = [9, 30, 17, 25], 12
+    prompts = [_ids(1, t, 10 + i)[0] for i, t in enumerate(lengths)]
+    width = max(lengths)
+    ids = torch.zeros(4, width, dtype=torch.long)
+    mask = torch.zeros(4, width, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = p
+        mask[i, width - len(p) :] = 1
+    n = width + steps
+    apply_plan(model, plan)
+    with torch.no_grad():
+        batch = model.generate(ids, attention_mask=mask, max_new_tokens=steps, **greedy)
+        for i, p in enumerate(prompts):
+            alone = model.generate(
+                p[None], max_new_tokens=steps, cache=MoACache(plan, model.config, max_length=n), **greedy
+            )
+            assert torch.equal(batch.sequences[i, width:], alone.sequences[0, len(p) :])
+            torch.testing.assert_close(step_logits(batch)[i], step_logits(alone)[0], atol=1e-4, rtol=0)
+    full_mask = torch.cat([mask, torch.ones(4, steps - 1, dtype=torch.long)], dim=1)
+    oracle = oracle_logits(model, plan, n, batch.sequences[:, :-1], full_mask)
+    torch.testing.assert_close(step_logits(batch), oracle[:, width - 1 :], atol=ATOL, rtol=0)
+
+
+def test_multi_turn_on_the_same_cache(greedy: dict) -> None:
+    model = make_model("qwen2", kv_heads=2)
+    plan = mixed_plan(model)
+    turn_a, turn_b, steps = _ids(1, 26, 5), _ids(1, 19, 6), 10
+    n = turn_a.shape[1] + steps  # sized for the first turn; the second turn runs past N
+    apply_plan(model, plan)
+    cache = MoACache(plan, model.config, max_length=n)
+    with torch.no_grad():
+        first = model.generate(turn_a, max_new_tokens=steps, cache=cache, **greedy)
+        history = torch.cat([first.sequences, turn_b], dim=1)
+        second = model.generate(history, max_new_tokens=steps, cache=cache, **greedy)
+    assert torch.equal(second.sequences[:, : history.shape[1]], history)
+    oracle = oracle_logits(model, plan, n, second.sequences[:, :-1])
+    torch.testing.assert_close(
+        step_logits(first), oracle[:, turn_a.shape[1] - 1 : first.sequences.shape[1] - 1], atol=ATOL, rtol=0
+    )
+    torch.testing.assert_close(step_logits(second), oracle[:, history.shape[1] - 1 :], atol=ATOL, rtol=0)
+
+
+def test_multi_turn_padded_batch_prefill_onto_cache() -> None:
+    """Chunked prefill of a padded second chunk onto a cache equals the oracle over the whole sequence."""
+    model = make_model("llama", kv_heads=2)
+    plan = mixed_plan(model)
+    a, b = _ids(2, 20, 7), _ids(2, 15, 8)
+    mask_a = torch.ones(2, 20, dtype=torch.long)
+    mask_a[1, :6] = 0
+    mask_b = torch.ones(2, 15, dtype=torch.long)
+    mask_b[0, :4] = 0  # padding in the middle of row 0's sequence
+    n = 40
+    apply_plan(model, plan)
+    cache = MoACache(plan, model.config, max_length=n)
+    mask = torch.cat([mask_a, mask_b], dim=1)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        la = model(a, attention_mask=mask_a, position_ids=pos[:, :20], cache=cache).logits
+        lb = model(b, attention_mask=mask, position_ids=pos[:, 20:], cache=cache).logits
+    oracle = oracle_logits(model, plan, n, torch.cat([a, b], dim=1), mask)
+    got = torch.cat([la, lb], dim=1)
+    keep = mask.bool()
+    torch.testing.assert_close(got[keep], oracle[keep], atol=ATOL, rtol=0)
+
+
+def test_beam_search_equals_oracle() -> None:
+    model = make_model("llama", kv_heads=2)
+    plan = mixed_plan(model)
+    ids, steps = _ids(1, 28, 9), 14
+    n = ids.shape[1] + steps
+    kwargs = {"num_beams": 2, "do_sample": False, "max_new_tokens": steps, "early_stopping": False}
+    from moa_runtime.testing import use_oracle
+
+    with torch.no_grad(), use_oracle(model, plan.sink, plan.windows(n)):
+        ref = model.generate(ids, **kwargs)
+    apply_plan(model, plan)
+    with torch.no_grad():
+        got = model.generate(ids, **kwargs)
+    assert torch.equal(got, ref)
