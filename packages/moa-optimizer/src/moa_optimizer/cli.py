@@ -1,0 +1,173 @@
+"""``moa optimize`` (entry-point group ``moa.commands``): profiles in, Pareto plans out."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+
+from moa_plan import MoaError, load_profile
+from moa_plan.cli import LengthList, MoaCommandError
+
+__all__ = ["optimize_command"]
+
+
+def _extend(value: str | None) -> float | None:
+    if value is None or value.lower() in ("none", "off", "0", "1x", "1"):
+        return None
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*x?\s*", value)
+    if not match or float(match.group(1)) < 1:
+        raise click.BadParameter(f"expected a factor such as 2x, got {value!r}", param_hint="--extend")
+    return float(match.group(1))
+
+
+def _run(ctx_fn: Any) -> Any:
+    try:
+        return ctx_fn()
+    except MoaError as exc:
+        raise MoaCommandError(str(exc)) from None
+
+
+@click.command("optimize")
+@click.option(
+    "--profiles",
+    "first",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Profile files (one per length); more may follow as arguments.",
+)
+@click.argument("more", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--density", type=float, required=True, help="Upper bound on mean KV density at every constrained length."
+)
+@click.option("--lower", type=float, help="Lower bound on mean KV density (default 0.9 x density).")
+@click.option("--lengths", type=LengthList(), help="Extra constrained lengths, comma-separated.")
+@click.option(
+    "--extend",
+    default="2x",
+    show_default=True,
+    help="Also constrain this factor x the longest profiled length ('none' for no).",
+)
+@click.option(
+    "--max-rules-per-layer", default="2", show_default=True, help="Most distinct rules per layer ('none' for no limit)."
+)
+@click.option(
+    "--time-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds per solve.",
+)
+@click.option(
+    "--optimizer",
+    "optimizer_name",
+    default="builtin",
+    show_default=True,
+    help="Optimizer plugin (entry-point group moa.optimizers).",
+)
+@click.option(
+    "--solver",
+    type=click.Choice(["cp-sat", "scip", "cbc", "highs"]),
+    default="cp-sat",
+    show_default=True,
+    help="Backend of the builtin optimizer.",
+)
+@click.option(
+    "--single", is_flag=True, help="One solve (minimise the loss at --objective-length) instead of the Pareto front."
+)
+@click.option("--objective-length", type=int, help="Profiled length to minimise (default: the longest).")
+@click.option(
+    "--points",
+    type=click.IntRange(min=2),
+    default=5,
+    show_default=True,
+    help="Epsilon grid points per other objective.",
+)
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of tables.")
+def optimize_command(
+    first: Path,
+    more: tuple[Path, ...],
+    density: float,
+    lower: float | None,
+    lengths: list[int] | None,
+    extend: str | None,
+    max_rules_per_layer: str,
+    time_limit: float,
+    optimizer_name: str,
+    solver: str,
+    single: bool,
+    objective_length: int | None,
+    points: int,
+    threads: int,
+    no_plots: bool,
+    out: Path,
+    as_json: bool,
+) -> None:
+    """Choose one elastic rule per KV head from profiles: Pareto plans under a KV density budget.
+
+    Example: moa optimize --profiles p2k.safetensors p4k.safetensors p8k.safetensors --density 0.5 --out plans/
+    """
+    from moa_optimizer.config import OptimizeConfig
+    from moa_optimizer.plugins import load_optimizer
+    from moa_optimizer.report import format_summary, write_outputs
+
+    if not 0.0 < density <= 1.0:
+        raise click.BadParameter(f"density must be in (0, 1], got {density}", param_hint="--density")
+    if lower is not None and not 0.0 <= lower <= density:
+        raise click.BadParameter(f"lower bound must be in [0, {density}], got {lower}", param_hint="--lower")
+    limit = None if max_rules_per_layer.lower() in ("none", "off") else _positive_int(max_rules_per_layer)
+    config = OptimizeConfig(
+        density=density,
+        lower=lower,
+        lengths=tuple(lengths or ()),
+        extend=_extend(extend),
+        max_rules_per_layer=limit,
+        time_limit=time_limit,
+        backend=solver,
+        threads=threads,
+        pareto=not single,
+        objective_length=objective_length,
+        points=points,
+    )
+    fn = _run(lambda: load_optimizer(optimizer_name))
+    paths = [first, *more]
+    profiles = _run(lambda: [load_profile(p) for p in paths])
+    _run(lambda: _same_model(profiles, paths))
+    plans = _run(lambda: fn(profiles, config))
+    if not plans:
+        raise MoaCommandError(f"optimizer {optimizer_name!r} returned no plans")
+    table = _run(lambda: write_outputs(plans, out, plots=not no_plots))
+    if as_json:
+        click.echo(json.dumps({"out": str(out), "plans": table.to_dicts()}))
+        return
+    click.echo(format_summary(table))
+    click.echo(f"wrote {len(plans)} plan(s), summary.parquet{'' if no_plots else ', pareto.png, heatmaps'} to {out}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise click.BadParameter(
+            f"expected a positive integer or 'none', got {text!r}", param_hint="--max-rules-per-layer"
+        )
+    return value
+
+
+def _same_model(profiles: list[Any], paths: list[Path]) -> None:
+    from moa_optimizer.errors import OptimizerError
+
+    first = profiles[0]
+    for p, path in zip(profiles[1:], paths[1:], strict=True):
+        diffs = first.model.differences(p.model)
+        if diffs:
+            field = diffs[0].split(":")[0]
+            raise OptimizerError(f"{path} profiles a different model than {paths[0]} ({field} differs)")
