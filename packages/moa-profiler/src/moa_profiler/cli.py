@@ -172,7 +172,9 @@ def calibrate(
 @click.option("--block-map/--no-block-map", default=False, show_default=True, help="Also store the 2-D block map.")
 @click.option("--max-samples", type=click.IntRange(min=1), help="At most this many samples per length.")
 @click.option(
-    "--chunk-elements", type=click.IntRange(min=1), default=1 << 24, show_default=True, help="Bound of one chunk."
+    "--chunk-elements",
+    type=click.IntRange(min=1),
+    help="Bound of one [HQ, rows, N] chunk (default 2^22 CPU, 2^25 CUDA).",
 )
 @click.option("--checkpoint-dir", type=click.Path(path_type=Path), help="Default: OUT/.checkpoints.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=4, show_default=True)
@@ -190,7 +192,7 @@ def profile(
     block: int,
     block_map: bool,
     max_samples: int | None,
-    chunk_elements: int,
+    chunk_elements: int | None,
     checkpoint_dir: Path | None,
     checkpoint_every: int,
     restart: bool,

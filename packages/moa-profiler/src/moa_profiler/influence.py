@@ -17,7 +17,19 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["LayerInfluence", "chunk_rows", "influence_rows", "layer_influence"]
+__all__ = [
+    "CPU_CHUNK_ELEMENTS",
+    "CUDA_CHUNK_ELEMENTS",
+    "LayerInfluence",
+    "chunk_rows",
+    "influence_rows",
+    "layer_influence",
+]
+
+# Default bound of one [HQ, rows, T] chunk tensor: small on CPU (memory first), larger on CUDA
+# (fewer kernel launches per layer).
+CPU_CHUNK_ELEMENTS = 1 << 22
+CUDA_CHUNK_ELEMENTS = 1 << 25
 
 
 @dataclass
@@ -102,7 +114,7 @@ def layer_influence(
     *,
     sink: int,
     block: int | None = None,
-    max_elements: int = 1 << 24,
+    max_elements: int | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> LayerInfluence:
     """Reduce |E| of one layer into the distance histogram, sink share and block map.
@@ -112,7 +124,8 @@ def layer_influence(
         scale: Softmax scale.
         sink: Keys j < sink count toward the sink share, the rest toward ``hist[d = i - j]``.
         block: Block size of the block map, or None for no block map.
-        max_elements: Bound on the elements of one ``[HQ, rows, T]`` chunk tensor.
+        max_elements: Bound on the elements of one ``[HQ, rows, T]`` chunk tensor (None: 2^22 on
+            CPU, 2^25 on CUDA).
         dtype: Compute dtype of E.
 
     Returns:
@@ -126,6 +139,8 @@ def layer_influence(
     sink_sum = torch.zeros(heads, dtype=torch.float64, device=device)
     nb = -(-length // block) if block else 0
     block_map = torch.zeros(heads, nb, nb, dtype=torch.float64, device=device) if block else None
+    if max_elements is None:
+        max_elements = CUDA_CHUNK_ELEMENTS if q.is_cuda else CPU_CHUNK_ELEMENTS
     rows = chunk_rows(length, heads, max_elements=max_elements, align=block or 1)
     j = torch.arange(length, device=device)[None, :]
     for start in range(0, length, rows):

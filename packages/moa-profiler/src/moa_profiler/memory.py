@@ -19,7 +19,9 @@ import click
 __all__ = ["measure", "main"]
 
 
-def measure(length: int, *, layers: int, hidden: int, heads: int, kv_heads: int, vocab: int, max_elements: int) -> dict:
+def measure(
+    length: int, *, layers: int, hidden: int, heads: int, kv_heads: int, vocab: int, max_elements: int | None
+) -> dict:
     """Profile one random sample of ``length`` tokens in this process; return RSS numbers in MiB."""
     import psutil
     import torch
@@ -63,12 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--kv-heads", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=8192)
-    parser.add_argument("--max-elements", type=int, default=1 << 24, help="0: whole H x N x N at once")
+    parser.add_argument("--max-elements", type=int, help="chunk bound (default: by device); 0: whole H x N x N")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     shape = {k: getattr(args, k) for k in ("layers", "hidden", "heads", "kv_heads", "vocab")}
     if args.one is not None:
-        elements = args.max_elements or args.heads * args.one * args.one
+        elements = args.max_elements if args.max_elements != 0 else args.heads * args.one * args.one
         click.echo(json.dumps(measure(args.one, max_elements=elements, **shape)))
         return 0
     rows = []

@@ -23,14 +23,14 @@ class InfluenceSettings:
         sink: Sink tokens S (keys j < S go to the sink share).
         block: Block size B of the block map.
         block_map: Also accumulate the ``[nb, nb]`` block map.
-        max_elements: Bound on one ``[HQ, rows, T]`` chunk tensor.
+        max_elements: Bound on one ``[HQ, rows, T]`` chunk tensor (None: by device, see `layer_influence`).
         dtype: Compute dtype of the influence (float32; float64 for tests).
     """
 
     sink: int = 64
     block: int = 64
     block_map: bool = False
-    max_elements: int = 1 << 24
+    max_elements: int | None = None
     dtype: torch.dtype = torch.float32
 
 
