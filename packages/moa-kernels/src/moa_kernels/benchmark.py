@@ -260,7 +260,14 @@ def config_from_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=sorted(_DTYPES), default="bf16")
     p.add_argument("--quick", action="store_true", help="tiny shapes (the CPU smoke mode)")
-    p.add_argument("--lengths", type=lambda s: tuple(int(x) for x in s.split(",")), default=None)
+    ints = lambda s: tuple(int(x) for x in s.split(","))  # noqa: E731
+    p.add_argument("--lengths", type=ints, default=None, help="comma-separated T values")
+    p.add_argument("--batches", type=ints, default=None)
+    p.add_argument("--group-sizes", type=ints, default=None, help="HQ / H values")
+    p.add_argument("--densities", type=lambda s: tuple(float(x) for x in s.split(",")), default=None)
+    p.add_argument("--ops", type=lambda s: tuple(s.split(",")), default=None, help="prefill,decode")
+    p.add_argument("--kv-heads", type=int, default=None)
+    p.add_argument("--head-dim", type=int, default=None)
     p.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
     args = p.parse_args(argv)
     if args.quick:
@@ -271,6 +278,13 @@ def config_from_args(argv: list[str] | None = None) -> BenchConfig:
         )  # fmt: skip
     else:
         cfg = BenchConfig(device=args.device, dtype=args.dtype, flex=not args.no_flex)
-    if args.lengths:
-        cfg = BenchConfig(**{**asdict(cfg), "lengths": args.lengths})
+    overrides = {
+        "lengths": args.lengths, "batches": args.batches, "group_sizes": args.group_sizes,
+        "densities": args.densities, "ops": args.ops, "kv_heads": args.kv_heads, "head_dim": args.head_dim,
+    }  # fmt: skip
+    for key in ("ops",):
+        for op in overrides[key] or ():
+            if op not in ("prefill", "decode"):
+                p.error(f"unknown op {op!r} (choose prefill and/or decode)")
+    cfg = BenchConfig(**{**asdict(cfg), **{k: v for k, v in overrides.items() if v is not None}})
     return cfg
