@@ -163,3 +163,22 @@ def test_triton_rejects_fp64_and_bad_out():
     q, k, v = _inputs((1, 8, 2, 16), (1, 8, 1, 16), torch.float32)
     with pytest.raises(KernelInputError, match="out must be"):
         moa_prefill_fwd(q, k, v, sink=2, windows=torch.tensor([3]), out=torch.empty(1, 8, 2, 8))
+
+
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+def test_empty_shapes(impl):
+    """T = 0, B = 0 and an all-empty cache give empty or zero outputs, never an error."""
+    w = torch.tensor([3, 4])
+    q, k = torch.randn(2, 0, 4, 16), torch.randn(2, 0, 2, 16)
+    o, lse = moa_prefill(q, k, k, sink=4, windows=w, return_lse=True, implementation=impl)
+    assert o.shape == (2, 0, 4, 16)
+    assert lse.shape == (2, 4, 0)
+    q, k = torch.randn(0, 5, 4, 16), torch.randn(0, 5, 2, 16)
+    assert moa_prefill(q, k, k, sink=4, windows=w, implementation=impl).shape == (0, 5, 4, 16)
+    q, kc = torch.randn(2, 4, 16), torch.randn(2, 0, 16)
+    lengths = torch.zeros(2, 2, dtype=torch.int64)
+    o, lse = moa_decode(
+        q, kc, kc, seg_start=torch.tensor([0, 0]), lengths=lengths, return_lse=True, implementation=impl
+    )
+    assert torch.all(o == 0)
+    assert torch.isneginf(lse).all()

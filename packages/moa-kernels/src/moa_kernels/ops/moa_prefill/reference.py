@@ -191,6 +191,8 @@ def reference_moa_prefill(
     lse_dtype = torch.float64 if cdt == torch.float64 else torch.float32
     out = torch.zeros_like(q)
     lse_out = torch.full((bsz, hq, seqlen), float("-inf"), dtype=lse_dtype, device=q.device)
+    if bsz == 0 or seqlen == 0:
+        return (out, lse_out) if return_lse else out
     arange = torch.arange(seqlen, device=q.device)
     for c0 in range(smin, seqlen, chunk_size):
         c1 = min(seqlen, c0 + chunk_size)
