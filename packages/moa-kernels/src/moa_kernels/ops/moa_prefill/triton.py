@@ -15,7 +15,6 @@ from moa_kernels.ops.moa_prefill.reference import check_prefill_inputs
 __all__ = ["moa_prefill_fwd_kernel", "moa_prefill_fwd"]
 
 _LOG2E = 1.4426950408889634
-_LN2 = 0.6931471805599453
 
 
 @triton.jit
@@ -191,7 +190,8 @@ def _tile_sizes(group_p2: int, head_dim: int, interpret: bool) -> tuple[int, int
     if interpret:
         # Small tiles: the interpreter's cost is per program, and tests need several tiles per row.
         return max(32 // group_p2, 1), 16
-    block_m = max(128 // group_p2, 16)
+    # 128 rows per program; large groups take fewer tokens (tl.dot needs >= 16 rows: 128 // G * G).
+    block_m = max(128 // group_p2, 1)
     block_n = 64 if head_dim <= 128 else 32
     return block_m, block_n
 
