@@ -232,3 +232,13 @@ def test_chunk_memory_is_linear():
     chunked = layer_influence(q, k, v, do, 0.3, sink=3, max_elements=heads * length * 5)
     torch.testing.assert_close(chunked.hist, whole.hist, rtol=1e-5, atol=1e-9)
     torch.testing.assert_close(chunked.sink, whole.sink, rtol=1e-5, atol=1e-9)
+
+
+def test_answer_loss_matches_transformers_labels(model_factory, words, tokenizer):
+    """The loss is the mean cross-entropy of the answer tokens only, as transformers computes it with labels."""
+    model = model_factory(seed=2, std=0.2)
+    ids = torch.tensor(tokenizer(words(50, 3), add_special_tokens=False).input_ids)
+    labels = torch.full_like(ids, -100)
+    labels[31:44] = ids[31:44]
+    expected = model(input_ids=ids[None], labels=labels[None]).loss
+    torch.testing.assert_close(answer_loss(model, ids, 31, 44), expected)

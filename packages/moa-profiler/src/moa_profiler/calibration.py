@@ -166,6 +166,37 @@ def _check_template(tokenizer: Any, prompt: EncodedPrompt, answer: list[int], st
     return full_ids[len(prompt.ids) : len(prompt.ids) + len(content)] == content
 
 
+def _answer_in_rounds(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: dict[int, tuple[EncodedPrompt, int]],
+    settings: CalibrationSettings,
+    stops: set[int],
+    progress: bool,
+) -> dict[int, tuple[list[int], list[int]]]:
+    """Generate until every answer fills the room its fitted prompt leaves: ``{index: (prompt ids, answer ids)}``."""
+    pending = {index: settings.max_new_tokens for index in prompts}
+    done: dict[int, tuple[list[int], list[int]]] = {}
+    bar = tqdm(total=len(prompts), desc="answering", unit="sample", disable=not progress)
+    while pending:
+        order = sorted(pending)
+        fitted = [fit_prompt(prompts[i][0], prompts[i][1] - pending[i] - prompts[i][0].overhead) for i in order]
+        answers = generate_greedy(
+            model, tokenizer, fitted, [pending[i] for i in order], stops=stops, batch_size=settings.batch_size
+        )
+        shorter = {}
+        for i, ids, answer in zip(order, fitted, answers, strict=True):
+            if len(answer) == pending[i]:
+                done[i] = (ids, answer)
+                bar.update(1)
+            else:
+                # Refit with room for exactly this many answer tokens and answer again (cap = that many).
+                shorter[i] = len(answer)
+        pending = shorter
+    bar.close()
+    return done
+
+
 def build_calibration(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -195,24 +226,7 @@ def build_calibration(
     if not prompts:
         raise CalibrationError("no record fits any bucket")
     stops = stop_token_ids(model, tokenizer)
-    pending = {index: settings.max_new_tokens for index in prompts}
-    done: dict[int, tuple[list[int], list[int]]] = {}
-    bar = tqdm(total=len(prompts), desc="answering", unit="sample", disable=not progress)
-    while pending:
-        order = sorted(pending)
-        fitted = [fit_prompt(prompts[i][0], prompts[i][1] - pending[i] - prompts[i][0].overhead) for i in order]
-        answers = generate_greedy(
-            model, tokenizer, fitted, [pending[i] for i in order], stops=stops, batch_size=settings.batch_size
-        )
-        nxt = {}
-        for i, ids, answer in zip(order, fitted, answers, strict=True):
-            if len(answer) == pending[i]:
-                done[i] = (ids, answer)
-                bar.update(1)
-            else:
-                nxt[i] = len(answer)
-        pending = nxt
-    bar.close()
+    done = _answer_in_rounds(model, tokenizer, prompts, settings, stops, progress)
     samples, mismatched = [], 0
     for i in sorted(done):
         prompt, bucket = prompts[i]

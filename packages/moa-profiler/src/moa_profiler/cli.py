@@ -53,6 +53,37 @@ def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise MoaCommandError(str(exc)) from None
 
 
+def _calibration_inputs(
+    tokenizer: Any,
+    records: Path | None,
+    task: str | None,
+    lengths: list[int],
+    num_samples: int,
+    seed: int,
+    template: str,
+    system: str | None,
+) -> tuple[list[Any], str]:
+    """Records from a file, or from a synthetic task drawn a little above each length; and their source."""
+    from moa_plan import Record
+    from moa_profiler.calibration import encode_prompt
+    from moa_profiler.records import load_records, task_records
+
+    if records is not None:
+        return _run(load_records, records), str(records)
+    probe = _run(encode_prompt, tokenizer, Record(task="probe", context="x"), template=template, system=system)
+    inputs = _run(
+        task_records,
+        str(task),
+        # A small margin above each length: the record then fills it after its middle is cut.
+        [n + max(16, n // 32) for n in lengths],
+        num_samples,
+        count_tokens=lambda t: len(tokenizer(t, add_special_tokens=False)["input_ids"]),
+        overhead=probe.overhead,
+        seed=seed,
+    )
+    return inputs, f"moa_plan.tasks:{task} seed={seed}"
+
+
 @cli.command("calibrate")
 @click.option("--model", "model_path", required=True, type=click.Path(path_type=Path), help="Local model directory.")
 @click.option("--records", type=click.Path(path_type=Path), help="Records file (.jsonl or .parquet).")
@@ -97,10 +128,9 @@ def calibrate(
     quiet: bool,
 ) -> None:
     """Build a model-aligned calibration set: the model answers each record, fitted to exact LENGTHS."""
-    from moa_profiler.calibration import CalibrationSettings, build_calibration, encode_prompt
+    from moa_profiler.calibration import CalibrationSettings, build_calibration
     from moa_profiler.dataset import CalibrationSet, write_calibration
     from moa_profiler.models import fingerprint_of, load_model, load_tokenizer, versions
-    from moa_profiler.records import load_records, task_records
 
     if (records is None) == (task is None):
         raise click.UsageError("give exactly one of --records or --task")
@@ -117,22 +147,7 @@ def calibrate(
         max_per_bucket=max_per_bucket,
         system=system,
     )
-    if records is not None:
-        inputs, source = _run(load_records, records), str(records)
-    else:
-        from moa_plan import Record
-
-        probe = _run(encode_prompt, tokenizer, Record(task="probe", context="x"), template=template, system=system)
-        inputs = _run(
-            task_records,
-            str(task),
-            [n + max(16, n // 32) for n in lengths],
-            num_samples,
-            count_tokens=lambda t: len(tokenizer(t, add_special_tokens=False)["input_ids"]),
-            overhead=probe.overhead,
-            seed=seed,
-        )
-        source = f"moa_plan.tasks:{task} seed={seed}"
+    inputs, source = _calibration_inputs(tokenizer, records, task, lengths, num_samples, seed, template, system)
     model = _run(load_model, model_path, dtype=dtype, device=_device(device))
     samples = _run(build_calibration, model, tokenizer, inputs, settings, source=source, progress=not quiet)
     provenance = {
@@ -245,6 +260,11 @@ def profile(
         summaries.append(_run(profile_length, model, fp, samples, n, out / f"profile-{n}.safetensors", settings, world))
     if not world.is_main:
         return
+    _print_summaries(summaries, out, as_json)
+
+
+def _print_summaries(summaries: list[Any], out: Path, as_json: bool) -> None:
+    """The end table (median d: distance within which half the non-sink influence lies), or JSON."""
     if as_json:
         click.echo(json.dumps({"profiles": [asdict(s) for s in summaries]}))
         return

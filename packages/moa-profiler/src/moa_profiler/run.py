@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -122,25 +123,36 @@ def profile_length(
         ckpt = settings.checkpoint_dir / f"profile-{length}.rank{world.rank}-of-{world.size}.ckpt.safetensors"
     sums = None if ckpt is None or settings.restart else load_checkpoint(ckpt, key)
     sums = sums or _zeros(fingerprint, length, s)
+    if sums.done:
+        logger.info("length %d rank %d: resuming after %d samples", length, world.rank, len(sums.done))
+    _accumulate(model, mine, sums, settings, world, device, ckpt, key, f"profile {length}")
+    return _finish(fingerprint, length, sums, out, settings, world, device, started, ckpt)
+
+
+def _accumulate(
+    model: torch.nn.Module,
+    mine: Sequence[CalibrationSample],
+    sums: PartialSums,
+    settings: RunSettings,
+    world: World,
+    device: torch.device,
+    ckpt: Path | None,
+    key: str,
+    desc: str,
+) -> None:
+    """Add this rank's unfinished samples to ``sums``, checkpointing every few samples."""
     done = set(sums.done)
-    if done:
-        logger.info("length %d rank %d: resuming after %d samples", length, world.rank, len(done))
-    bar = tqdm(
-        total=len(mine),
-        initial=len(done),
-        desc=f"profile {length}",
-        unit="sample",
-        disable=not (settings.progress and world.is_main),
-    )
+    show = settings.progress and world.is_main
+    bar = tqdm(total=len(mine), initial=len(done), desc=desc, unit="sample", disable=not show)
     unsaved = 0
     for sample in mine:
         if sample.sample_id in done:
             continue
         ids = torch.tensor(sample.input_ids, dtype=torch.long, device=device)
         try:
-            result = profile_sample(model, ids, sample.answer_start, sample.answer_end, s)
+            result = profile_sample(model, ids, sample.answer_start, sample.answer_end, settings.influence)
         except ProfilerError as exc:
-            raise ProfilerError(f"sample {sample.sample_id} (length {length}): {exc}") from None
+            raise ProfilerError(f"sample {sample.sample_id} (length {len(sample.input_ids)}): {exc}") from None
         sums.hist += result.hist
         sums.sink += result.sink
         if sums.block_map is not None and result.block_map is not None:
@@ -156,7 +168,6 @@ def profile_length(
     bar.close()
     if ckpt is not None and unsaved:
         save_checkpoint(ckpt, sums, key)
-    return _finish(fingerprint, length, sums, out, settings, world, device, started, ckpt)
 
 
 def _finish(
@@ -197,6 +208,10 @@ def _finish(
     barrier(world)
     if ckpt is not None:
         ckpt.unlink(missing_ok=True)
+        if world.is_main and ckpt.parent.is_dir() and not any(ckpt.parent.iterdir()):
+            # Another rank may still be removing its file; an empty directory left behind is harmless.
+            with contextlib.suppress(OSError):
+                ckpt.parent.rmdir()
     total = float(hist.sum() + sink.sum())
     cumulative = hist.sum(dim=(0, 1)).cumsum(0)
     median = int(torch.searchsorted(cumulative, cumulative[-1] / 2).item()) if float(cumulative[-1]) > 0 else 0
