@@ -70,7 +70,7 @@ def _run(ctx_fn: Any) -> Any:
 )
 @click.option(
     "--solver",
-    type=click.Choice(["cp-sat", "scip", "cbc", "highs"]),
+    type=click.Choice(["cp-sat", "scip", "cbc"]),
     default="cp-sat",
     show_default=True,
     help="Backend of the builtin optimizer.",

@@ -19,7 +19,7 @@ class OptimizeConfig:
         extend: Also constrain ``extend x`` the longest profiled length (None: no).
         max_rules_per_layer: At most this many distinct rules per layer (None: no limit).
         time_limit: Seconds per integer-program solve (None: until optimal).
-        backend: ``cp-sat`` or a MIP solver (``scip``, ``cbc``, ``highs``).
+        backend: ``cp-sat`` or a MIP solver (``scip`` or ``cbc``).
         threads: Solver threads.
         pareto: Search the Pareto front over the profiled lengths (False: one solve).
         objective_length: The profiled length minimised by a single solve, and the primary

@@ -134,7 +134,9 @@ def write_outputs(plans: Sequence[Plan], out_dir: str | Path, *, plots: bool = T
     table = summary_table(plans, files)
     atomic_write(out / "summary.parquet", lambda tmp: table.write_parquet(tmp))
     if plots:
-        plot_pareto(plans, out / "pareto.png")
+        profiled, _ = _lengths(plans)
+        if profiled and all(f"loss@{n}" in p.provenance.objectives for p in plans for n in profiled):
+            plot_pareto(plans, out / "pareto.png")
         for i, plan in enumerate(plans):
             plot_heatmap(plan, out / f"heatmap_{i:02d}.png")
     return table

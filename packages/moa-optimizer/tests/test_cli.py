@@ -1,0 +1,111 @@
+"""``moa optimize``: outputs, bad input (exit 2, one sentence) and a third-party optimizer plugin."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from moa_optimizer import OptimizeConfig, budget_of, synthetic_fingerprint, synthetic_profiles
+from moa_plan import Plan, check_budget
+from moa_plan.cli import main
+
+FIXTURE = Path(__file__).parent / "fixtures" / "toy_optimizer"
+
+
+def _run(args):
+    return CliRunner().invoke(main, ["optimize", *map(str, args)])
+
+
+def _one_sentence_error(result):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 or lines[-1].startswith("Error:"), result.output
+    assert "Traceback" not in result.output
+    return lines[-1]
+
+
+def test_optimize_writes_plans_summary_and_plots(profile_files, tmp_path):
+    out = tmp_path / "out"
+    result = _run(
+        ["--profiles", *profile_files, "--density", "0.5", "--time-limit", "2", "--points", "3", "--out", out, "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    table = pl.read_parquet(out / "summary.parquet")
+    assert table.height == len(summary["plans"]) >= 2
+    assert (out / "pareto.png").stat().st_size > 0
+    budget = budget_of(OptimizeConfig(density=0.5), [512, 1024, 2048, 4096])
+    for i, name in enumerate(table["file"]):
+        plan = Plan.load(out / name)
+        assert check_budget(plan, budget) == []
+        assert (out / f"heatmap_{i:02d}.png").is_file()
+
+
+def test_missing_profile_file(profile_files, tmp_path):
+    line = _one_sentence_error(
+        _run(["--profiles", profile_files[0], tmp_path / "nope.safetensors", "--density", "0.5", "--out", tmp_path])
+    )
+    assert "nope.safetensors" in line
+
+
+def test_profiles_for_different_models(profile_files, tmp_path):
+    (other,) = synthetic_profiles(synthetic_fingerprint(3, 8, 4), [1024])
+    path = other.save(tmp_path / "other.safetensors")
+    line = _one_sentence_error(
+        _run(["--profiles", profile_files[0], path, "--density", "0.5", "--out", tmp_path / "o"])
+    )
+    assert "different model" in line and "num_layers" in line
+
+
+@pytest.mark.parametrize("density", ["0", "1.5", "-0.2"])
+def test_density_out_of_range(profile_files, tmp_path, density):
+    line = _one_sentence_error(_run(["--profiles", *profile_files, "--density", density, "--out", tmp_path / "o"]))
+    assert "density" in line
+
+
+def test_unknown_optimizer(profile_files, tmp_path):
+    line = _one_sentence_error(
+        _run(["--profiles", *profile_files, "--density", "0.5", "--optimizer", "nosuch", "--out", tmp_path / "o"])
+    )
+    assert "nosuch" in line and "builtin" in line
+
+
+def test_infeasible_budget_cli(profile_files, tmp_path):
+    line = _one_sentence_error(
+        _run(["--profiles", *profile_files, "--density", "0.05", "--lower", "0", "--out", tmp_path / "o"])
+    )
+    assert "smallest achievable density" in line and "N=4096" in line
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture
+def toy_plugin(tmp_path, monkeypatch):
+    """Install the fixture package the way pip would (module + dist-info with entry points) on sys.path."""
+    site = tmp_path / "site"
+    shutil.copytree(FIXTURE / "src" / "toy_optimizer", site / "toy_optimizer")
+    info = site / "toy_optimizer-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-optimizer\nVersion: 0.1.0\n")
+    entry = [line for line in (FIXTURE / "pyproject.toml").read_text().splitlines() if line.startswith("toy =")]
+    (info / "entry_points.txt").write_text("[moa.optimizers]\n" + entry[0].replace('"', "") + "\n")
+    monkeypatch.syspath_prepend(str(site))
+    yield
+    sys.modules.pop("toy_optimizer", None)
+
+
+def test_third_party_optimizer_plugin(toy_plugin, profile_files, tmp_path):
+    from moa_optimizer import available_optimizers
+
+    assert {"builtin", "toy"} <= set(available_optimizers())
+    out = tmp_path / "toy"
+    result = _run(["--profiles", *profile_files, "--density", "0.5", "--optimizer", "toy", "--no-plots", "--out", out])
+    assert result.exit_code == 0, result.output
+    plan = Plan.load(out / "plan_00.json")
+    assert plan.provenance.notes == "toy"
+    assert set(plan.betas.ravel()) == {0.5}

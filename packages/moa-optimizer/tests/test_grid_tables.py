@@ -1,0 +1,63 @@
+"""Rule grid and the loss / cost tables against independent computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from moa_optimizer import (
+    COST_SCHEMA,
+    LOSS_SCHEMA,
+    cost_table,
+    format_rule_table,
+    loss_table,
+    make_grid,
+    synthetic_fingerprint,
+    synthetic_profiles,
+)
+
+
+def test_default_grid_matches_original_48_rules():
+    # The original MoA: profiled 2k/4k/8k, 16k constrained -> 48 rules; alpha -2048 never survives
+    # and the negative-alpha rules are (-1024, beta) for beta in 5/8 .. 1 (research notes 3.2).
+    grid = make_grid([2048, 4096, 8192, 16384], [2048, 4096, 8192])
+    assert len(grid) == 48
+    assert -2048 not in grid.alphas
+    assert sorted(grid.betas[grid.alphas < 0].tolist()) == [0.625, 0.75, 0.875, 1.0]
+    for a, b in zip(grid.alphas, grid.betas, strict=True):
+        assert a + b * 2048 > 0 and a + b * 8192 <= 8192 and a + b * 16384 <= 16384
+    spans16k = grid.spans([16384])[0]
+    assert (np.diff(spans16k) >= 0).all()
+    text = format_rule_table(grid, [2048, 16384])
+    assert len(text.splitlines()) == 49 and "span@16384" in text
+
+
+def test_loss_table_is_the_tail_sum_of_the_histogram():
+    fp = synthetic_fingerprint(2, 4, 2)
+    (profile,) = synthetic_profiles(fp, [384], seed=3)
+    grid = make_grid([384], [384])
+    df = loss_table([profile], grid)
+    assert df.schema == pl.Schema(LOSS_SCHEMA)
+    assert df.height == 2 * 2 * len(grid)
+    hist = profile.hist.astype(np.float64)
+    for row in df.iter_rows(named=True):
+        r = row["rule"]
+        a, b = grid.alphas[r], grid.betas[r]
+        span = min(384, max(128, int(np.ceil((a + b * 384) / 64)) * 64))
+        win = span - 64
+        heads = [2 * row["kv_head"], 2 * row["kv_head"] + 1]
+        expected = sum(hist[row["layer"], hq, d] for hq in heads for d in range(win, hist.shape[-1]))
+        assert np.isclose(row["loss"], expected, rtol=1e-9, atol=1e-12)
+
+
+def test_cost_table_spans_and_densities():
+    fp = synthetic_fingerprint(2, 2)
+    grid = make_grid([1024, 4096], [1024])
+    df = cost_table(fp, grid, [1024, 4096])
+    assert df.schema == pl.Schema(COST_SCHEMA)
+    assert df.height == 2 * 2 * 2 * len(grid)
+    for row in df.filter(pl.col("layer") == 1).iter_rows(named=True):
+        a, b, n = grid.alphas[row["rule"]], grid.betas[row["rule"]], row["length"]
+        expected = min(n, max(128, int(np.ceil((a + b * n) / 64 - 1e-9)) * 64))
+        assert row["span"] == expected
+        assert row["density"] == expected / n
