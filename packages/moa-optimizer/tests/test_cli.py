@@ -60,7 +60,8 @@ def test_profiles_for_different_models(profile_files, tmp_path):
     line = _one_sentence_error(
         _run(["--profiles", profile_files[0], path, "--density", "0.5", "--out", tmp_path / "o"])
     )
-    assert "different model" in line and "num_layers" in line
+    assert "different model" in line
+    assert "num_layers" in line
 
 
 @pytest.mark.parametrize("density", ["0", "1.5", "-0.2"])
@@ -73,14 +74,16 @@ def test_unknown_optimizer(profile_files, tmp_path):
     line = _one_sentence_error(
         _run(["--profiles", *profile_files, "--density", "0.5", "--optimizer", "nosuch", "--out", tmp_path / "o"])
     )
-    assert "nosuch" in line and "builtin" in line
+    assert "nosuch" in line
+    assert "builtin" in line
 
 
 def test_infeasible_budget_cli(profile_files, tmp_path):
     line = _one_sentence_error(
         _run(["--profiles", *profile_files, "--density", "0.05", "--lower", "0", "--out", tmp_path / "o"])
     )
-    assert "smallest achievable density" in line and "N=4096" in line
+    assert "smallest achievable density" in line
+    assert "N=4096" in line
     assert not (tmp_path / "o").exists()
 
 

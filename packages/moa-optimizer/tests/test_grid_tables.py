@@ -25,11 +25,14 @@ def test_default_grid_matches_original_48_rules():
     assert -2048 not in grid.alphas
     assert sorted(grid.betas[grid.alphas < 0].tolist()) == [0.625, 0.75, 0.875, 1.0]
     for a, b in zip(grid.alphas, grid.betas, strict=True):
-        assert a + b * 2048 > 0 and a + b * 8192 <= 8192 and a + b * 16384 <= 16384
+        assert a + b * 2048 > 0
+        assert a + b * 8192 <= 8192
+        assert a + b * 16384 <= 16384
     spans16k = grid.spans([16384])[0]
     assert (np.diff(spans16k) >= 0).all()
     text = format_rule_table(grid, [2048, 16384])
-    assert len(text.splitlines()) == 49 and "span@16384" in text
+    assert len(text.splitlines()) == 49
+    assert "span@16384" in text
 
 
 def test_loss_table_is_the_tail_sum_of_the_histogram():

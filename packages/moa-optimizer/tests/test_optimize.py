@@ -57,7 +57,8 @@ def test_infeasible_budget_names_smallest_density_per_length(small_profiles):
     for n in (512, 1024, 2048, 4096):
         smallest = grid.spans([n])[0].min() / n
         assert f"{smallest:.4f} at N={n}" in message
-    assert "\n" not in message and message.count(". ") == 0
+    assert "\n" not in message
+    assert message.count(". ") == 0
 
 
 def test_heterogeneous_heads_beat_the_best_uniform_plan():
