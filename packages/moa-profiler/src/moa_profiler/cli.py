@@ -236,7 +236,7 @@ def profile(
     missing = [n for n in wanted if n not in calib.lengths()]
     if missing:
         raise MoaCommandError(f"{calibration} has no samples of length {missing[0]} (it has {calib.lengths()})")
-    world = init_world()
+    world = init_world(cuda=device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()))
     model = _run(load_model, model_path, dtype=dtype, device=_device(device, world.local_rank))
     fp = fingerprint_of(model)
     recorded = calib.fingerprint

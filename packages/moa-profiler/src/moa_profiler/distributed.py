@@ -24,19 +24,23 @@ class World:
         return self.rank == 0
 
 
-def init_world() -> World:
-    """Join the process group if torchrun started us (gloo on CPU, NCCL when CUDA is present)."""
+def init_world(*, cuda: bool | None = None) -> World:
+    """Join the process group if torchrun started us: NCCL for CUDA devices, gloo on CPUs.
+
+    Args:
+        cuda: Whether the ranks compute on CUDA (default: whether CUDA is available).
+    """
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+    use_cuda = torch.cuda.is_available() if cuda is None else cuda
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
+    if use_cuda:
         torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=local)
 
 
