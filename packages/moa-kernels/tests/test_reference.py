@@ -200,3 +200,15 @@ def test_merge_attention_with_empty_sides():
     torch.testing.assert_close(merged[0], o[0])
     assert torch.all(merged[1:] == 0)
     assert torch.isneginf(merged_lse[1:]).all()
+
+
+def test_attend_cache_bad_seen_raises():
+    from moa_kernels import moa_attend_cache
+
+    q = torch.randn(2, 3, 2, 4)
+    kc = torch.randn(2, 10, 4)
+    with pytest.raises(KernelInputError, match="seen"):
+        moa_attend_cache(
+            q, kc, kc, seg_start=torch.tensor([0]), lengths=torch.tensor([[5], [5]]), seen=torch.tensor([5]),
+            sink=2, windows=torch.tensor([8]),
+        )  # fmt: skip

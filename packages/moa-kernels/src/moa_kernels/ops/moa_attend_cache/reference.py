@@ -83,6 +83,8 @@ def reference_moa_attend_cache(
     if len(win) != h:
         raise KernelInputError(f"windows must have one entry per KV head ({h}), got {len(win)}.")
     seen_t = torch.as_tensor(seen, device=q.device).to(torch.int64).reshape(-1)
+    if seen_t.numel() != bsz:
+        raise KernelInputError(f"seen must have one entry per batch row ({bsz}), got {seen_t.numel()}.")
     st = (
         torch.zeros(bsz, dtype=torch.int64, device=q.device)
         if start is None
