@@ -242,3 +242,12 @@ def test_answer_loss_matches_transformers_labels(model_factory, words, tokenizer
     labels[31:44] = ids[31:44]
     expected = model(input_ids=ids[None], labels=labels[None]).loss
     torch.testing.assert_close(answer_loss(model, ids, 31, 44), expected)
+
+
+def test_sliding_window_models_are_refused(model_factory):
+    from moa_profiler.errors import ProfilerError
+
+    model = model_factory()
+    model.config.layer_types = ["sliding_attention", "full_attention"]
+    with pytest.raises(ProfilerError, match="plain causal attention only"):
+        prepare_model(model)

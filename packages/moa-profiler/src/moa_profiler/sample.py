@@ -53,7 +53,16 @@ def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
     """Freeze every parameter and switch the model to the profiling attention (eval mode).
 
     The profiling attention must have been registered (`register_profiling_attention`).
+
+    Raises:
+        ProfilerError: for attention the recompute does not model (sliding-window layers, softcapping).
     """
+    config = getattr(model, "config", None)
+    layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
+    if layer_types - {"full_attention"} or getattr(config, "attn_logit_softcapping", None):
+        raise ProfilerError(
+            "the model has sliding-window or softcapped attention layers; the profiler models plain causal attention only"
+        )
     model.eval()
     model.requires_grad_(False)
     model.set_attn_implementation(PROFILE_ATTENTION)  # type: ignore[operator]
