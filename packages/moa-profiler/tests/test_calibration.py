@@ -101,3 +101,20 @@ def test_file_round_trip_and_validation(tmp_path: Path, answered):
     (tmp_path / "junk.parquet").write_text("not parquet")
     with pytest.raises(CalibrationError, match="not a readable Parquet"):
         read_calibration(tmp_path / "junk.parquet")
+
+
+def test_parquet_records(tmp_path: Path):
+    import polars as pl
+
+    path = tmp_path / "r.parquet"
+    pl.DataFrame({"context": ["w1 w2", "w3"], "question": ["w4", None], "answer": [1, None]}).write_parquet(path)
+    records = load_records(path)
+    assert [r.context for r in records] == ["w1 w2", "w3"]
+    assert [r.question for r in records] == ["w4", ""]
+    assert records[0].answer == "1"
+    pl.DataFrame({"text": ["w1"]}).write_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(CalibrationError, match="need a 'context' column"):
+        load_records(tmp_path / "bad.parquet")
+    pl.DataFrame({"context": []}, schema={"context": pl.String}).write_parquet(tmp_path / "empty.parquet")
+    with pytest.raises(CalibrationError, match="no records"):
+        load_records(tmp_path / "empty.parquet")

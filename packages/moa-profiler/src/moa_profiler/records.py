@@ -35,13 +35,16 @@ def load_records(path: str | Path) -> list[Record]:
     if frame.height == 0:
         raise CalibrationError(f"{p}: records file holds no records")
     out = []
-    for row in frame.iter_rows(named=True):
+    for number, row in enumerate(frame.iter_rows(named=True), start=1):
+        answer = row.get("answer")
+        if row["context"] is None:
+            raise CalibrationError(f"{p}: row {number} has no context")
         out.append(
             Record(
                 task=str(row.get("task") or "records"),
                 context=str(row["context"]),
                 question=str(row.get("question") or ""),
-                answer=row.get("answer"),
+                answer=None if answer is None else str(answer),
             )
         )
     return out
