@@ -182,3 +182,18 @@ def test_empty_shapes(impl):
     )
     assert torch.all(o == 0)
     assert torch.isneginf(lse).all()
+
+
+@pytest.mark.parametrize("group", [1, 4])
+def test_gpu_tile_sizes_in_interpreter(group):
+    """The tile sizes the launchers pick on CUDA (prefill 128 rows x 64 keys, decode 64 slots)."""
+    h, d = 2, 32
+    q, k, v = _inputs((1, 200, h * group, d), (1, 200, h, d), torch.float32, seed=9)
+    w, st = torch.tensor([70, 500]), torch.tensor([3])
+    o = moa_prefill_fwd(q, k, v, sink=8, windows=w, start=st, block_m=128 // group, block_n=64)
+    exact, _ = dense_oracle_prefill(q.double(), k.double(), v.double(), sink=8, windows=w, start=st)
+    torch.testing.assert_close(o.double(), exact, atol=1e-5, rtol=0)
+    qd, kc, vc, seg, lens = _ragged_cache(2, h * group, h, d, [150, 300], [[150, 300], [77, 0]], torch.float32)
+    od = moa_decode_fwd(qd, kc, vc, seg_start=seg, lengths=lens, block_n=64, split_size=128)
+    exact_d, _ = dense_oracle_decode(qd.double(), kc.double(), vc.double(), seg_start=seg, lengths=lens)
+    torch.testing.assert_close(od.double(), exact_d, atol=1e-5, rtol=0)

@@ -189,6 +189,7 @@ def moa_decode_fwd(
     split_size: int | None = None,
     out: torch.Tensor | None = None,
     lse_out: torch.Tensor | None = None,
+    block_n: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Launch the split and merge kernels; same contract as ``reference_moa_decode``.
 
@@ -201,6 +202,7 @@ def moa_decode_fwd(
         split_size: override of the slots per split (a multiple of the kernel's key tile).
         out, lse_out: optional preallocated outputs (contiguous, q's dtype / float32); every element
             is written.
+        block_n: override of the key tile (slots per loop step; default 64 on CUDA, 16 interpreted).
 
     Returns:
         o: [B, HQ, D] (q's dtype) and, with ``return_lse``, lse: [B, HQ] float32.
@@ -222,7 +224,7 @@ def moa_decode_fwd(
         return (out, lse) if return_lse else out
     if max_length is None:
         max_length = int(lens.max())
-    block_n = 16 if not q.is_cuda else 64
+    block_n = block_n or (64 if q.is_cuda else 16)
     if split_size is None:
         split, num_splits = plan_splits(max_length, bsz * h, q.device, block_n)
     else:
