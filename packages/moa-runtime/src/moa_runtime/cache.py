@@ -15,6 +15,7 @@ attention and writes the new tokens into the segments.
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,25 @@ def left_padding(valid: torch.Tensor) -> torch.Tensor | None:
     if torch.equal(valid, ar.unsqueeze(0) >= start.unsqueeze(1)):
         return start.to(torch.int64)
     return None
+
+
+_MEMO: list[Any] = [None, False]
+
+
+def _last_column_real(padding: torch.Tensor | None) -> bool:
+    """Whether every row's newest token is real; one device sync per forward, shared by all layers.
+
+    transformers hands the same mask tensor to every layer of a forward, so the answer is memoised
+    on that tensor's identity (a weak reference).
+    """
+    if padding is None:
+        return True
+    ref = _MEMO[0]
+    if ref is not None and ref() is padding:
+        return bool(_MEMO[1])
+    answer = bool(padding[:, -1].all())
+    _MEMO[0], _MEMO[1] = weakref.ref(padding), answer
+    return answer
 
 
 class MoALayer(CacheLayerMixin):
@@ -198,14 +218,14 @@ class MoALayer(CacheLayerMixin):
         k, v = self._pending
         self._pending = None
         bsz, _, seqlen, _ = query.shape
+        fresh = self.columns == seqlen
+        if seqlen == 1 and not fresh and _last_column_real(padding):
+            return self._decode(query, k, v, scale)
         valid = (
             torch.ones(bsz, seqlen, dtype=torch.bool, device=query.device)
             if padding is None
             else padding[:, -seqlen:].to(device=query.device, dtype=torch.bool)
         )
-        fresh = self.columns == seqlen
-        if seqlen == 1 and not fresh and bool(valid.all()):
-            return self._decode(query, k, v, scale)
         start = left_padding(valid) if fresh else None
         if start is not None:
             out = moa_prefill(
