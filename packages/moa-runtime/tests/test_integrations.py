@@ -81,3 +81,14 @@ def test_reference_implementation_matches_auto_and_remove_plan_restores() -> Non
     assert torch.equal(ref, explicit)
     assert torch.equal(before, after)
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_benchmark_smoke() -> None:
+    from moa_runtime.benchmark import decode_tokens_per_second
+
+    model = make_model("llama", kv_heads=2)
+    result = decode_tokens_per_second(model, length=512, batch=2, density=0.5, steps=2, repeats=1)
+    assert result["moa_tokens_per_s"] > 0
+    assert result["dense_tokens_per_s"] > 0
+    assert result["moa_cache_bytes"] < 0.6 * result["dense_cache_bytes"]
+    assert model.config._attn_implementation == "sdpa"
