@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -40,6 +41,9 @@ def test_bad_arguments() -> None:
     plan = Plan.dense(ModelFingerprint.from_config(model.config))
     with pytest.raises(MoaRuntimeError, match="implementation"):
         apply_plan(model, plan, implementation="fast")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        with pytest.raises(MoaRuntimeError, match="CUDA"):
+            apply_plan(model, plan, implementation="triton")
     with pytest.raises(MoaRuntimeError, match="max_length"):
         MoACache(plan, model.config, max_length=0)
     apply_plan(model, plan)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -203,6 +204,8 @@ def apply_plan(model: Any, plan: Plan, *, implementation: str = "auto") -> Any:
         moa_plan.PlanError: the plan does not fit the model (names the differing field), before any compute.
     """
     check_implementation(implementation)
+    if implementation == "triton" and model.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise MoaRuntimeError(f"implementation 'triton' needs the model on CUDA, not {model.device.type}.")
     config = model.config.get_text_config(decoder=True)
     plan.check_compatible(config)
     if getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True):

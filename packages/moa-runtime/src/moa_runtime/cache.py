@@ -50,7 +50,7 @@ def left_padding(valid: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
-_MEMO: list[Any] = [None, False]
+_MEMO: list[tuple[Any, bool]] = [(None, False)]
 
 
 def _last_column_real(padding: torch.Tensor | None) -> bool:
@@ -61,11 +61,11 @@ def _last_column_real(padding: torch.Tensor | None) -> bool:
     """
     if padding is None:
         return True
-    ref = _MEMO[0]
+    ref, answer = _MEMO[0]
     if ref is not None and ref() is padding:
-        return bool(_MEMO[1])
+        return answer
     answer = bool(padding[:, -1].all())
-    _MEMO[0], _MEMO[1] = weakref.ref(padding), answer
+    _MEMO[0] = (weakref.ref(padding), answer)
     return answer
 
 
