@@ -64,7 +64,11 @@ def optimize(
         upper=config.density, lower=config.lower_bound, max_rules_per_layer=config.max_rules_per_layer
     )
     options = SolverOptions(
-        backend=config.backend, time_limit=config.time_limit, threads=config.threads, seed=config.seed
+        backend=config.backend,
+        time_limit=config.time_limit,
+        threads=config.threads,
+        seed=config.seed,
+        relative_gap=config.relative_gap,
     )
     primary = _primary(problem, config)
     if config.pareto and len(problem.profiled) > 1:

@@ -28,6 +28,7 @@ class OptimizeConfig:
         alphas: Rule-grid alphas (None: the default grid).
         betas: Rule-grid betas (None: 0, 1/8, ..., 1).
         seed: Solver seed.
+        relative_gap: Stop a solve once its proven relative gap is at most this.
     """
 
     density: float
@@ -44,6 +45,7 @@ class OptimizeConfig:
     alphas: Sequence[float] | None = None
     betas: Sequence[float] | None = None
     seed: int = 0
+    relative_gap: float = 1e-4
 
     @property
     def lower_bound(self) -> float:

@@ -7,9 +7,10 @@
                 sum_{l,h,r} loss[q, l, h, r] x[l, h, r] <= cap_q         epsilon constraints
                 x, y binary
 
-`solve` is a pure function (arrays in, a `Solution` out). The LP relaxation (GLOP) gives a
-lower bound and a rounded warm start; CP-SAT (default) or a MIP solver then improves it under
-a time limit in seconds. The best feasible solution found is always kept, with its gap.
+`solve` is a pure function (arrays in, a `Solution` out). Column generation (`colgen`) gives a
+lower bound at least as strong as the LP relaxation and a warm start; CP-SAT (default) or a MIP
+solver then closes the gap under a time limit in seconds. The best feasible solution found is
+always kept, with its gap.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ import numpy.typing as npt
 from ortools.linear_solver import pywraplp
 from ortools.sat.python import cp_model
 
+from moa_optimizer.colgen import column_generation
 from moa_optimizer.errors import InfeasibleBudgetError, OptimizerError
-from moa_optimizer.lp import LPResult, round_lp, solve_lp
+from moa_optimizer.heuristics import two_rule_plan
+from moa_optimizer.lp import solve_lp
 from moa_optimizer.model import Constraints, IntBudget, infeasible_message, int_budget
 from moa_optimizer.tables import Problem
 
@@ -48,9 +51,7 @@ class SolverOptions:
         backend: ``cp-sat`` (default) or a MIP solver: ``scip`` or ``cbc``.
         time_limit: Seconds per solve (None: until proven optimal).
         threads: Solver threads.
-        use_lp: Solve the LP relaxation first for a bound and a warm start.
-        lp_rule_limit: Include the per-layer rule limit in the LP (slower; the Lagrangian bound
-            of `round_lp` usually recovers most of its strength).
+        use_lp: Run column generation (LP master + exact pricing) first for a bound and a warm start.
         seed: Solver random seed.
         relative_gap: Stop when the proven relative gap is at most this.
     """
@@ -59,7 +60,6 @@ class SolverOptions:
     time_limit: float | None = 10.0
     threads: int = 2
     use_lp: bool = True
-    lp_rule_limit: bool = False
     seed: int = 0
     relative_gap: float = 1e-6
 
@@ -75,9 +75,9 @@ class Solution:
         bound: Proven lower bound on the minimised loss (float units, scaling error subtracted).
         gap: ``(value - bound) / value`` (0 when proven optimal up to scaling).
         status: ``optimal`` or ``feasible`` (time limit hit).
-        backend: The solver that produced ``choice`` (``lp-rounding`` if the solver did not improve it).
+        backend: The step that produced ``choice``: ``colgen`` or the backend's name.
         seconds: Wall time of the whole solve.
-        lp_bound: LP relaxation value (or the Lagrangian bound at its prices under a rule limit), or None.
+        lp_bound: The column-generation (Dantzig-Wolfe) bound, or the LP bound for K >= 3, or None.
         scaling_error: Largest possible difference between CP-SAT's integer objective and the float loss.
     """
 
@@ -126,12 +126,17 @@ def solve(
 ) -> Solution:
     """Minimise the loss at ``problem.profiled[objective]`` under ``constraints``.
 
+    Steps: a two-rule starting plan (`two_rule_plan`), column generation (`column_generation`:
+    a lower bound and a near-optimal plan, usually within 0.1 %), then, unless that is already
+    proven optimal, the exact backend on the full program warm-started from the best plan, for
+    the rest of the time limit. The best feasible plan met anywhere is returned.
+
     Args:
         problem: Dense loss and span arrays.
         objective: Index into ``problem.profiled``.
         constraints: Density bounds, rule limit, epsilon caps.
         options: Backend, time limit (seconds), threads.
-        hint: Optional ``[L, H]`` warm start (used if no LP hint is better).
+        hint: Optional ``[L, H]`` warm start.
 
     Returns:
         The best feasible solution found, with a proven bound and gap.
@@ -145,62 +150,78 @@ def solve(
         raise OptimizerError(f"unknown solver backend {opts.backend!r}; choose one of {', '.join(BACKENDS)}")
     start = time.perf_counter()
     budget = int_budget(problem, constraints)
-    lp: LPResult | None = None
-    lp_bound = -math.inf
     candidates: list[npt.NDArray[np.int64]] = []
     if hint is not None and _feasible(problem, constraints, budget, hint):
         candidates.append(hint)
+    pair = two_rule_plan(problem, objective, constraints, budget)
+    if pair is not None:
+        candidates.append(pair)
+    bound = -math.inf
+    lp_bound: float | None = None
     if opts.use_lp:
-        lp = solve_lp(
-            problem, objective, constraints, budget, with_rule_limit=opts.lp_rule_limit, time_limit=opts.time_limit
-        )
-        if lp is None:
-            raise InfeasibleBudgetError(_infeasible(problem, constraints))
-        heuristic_time = None if opts.time_limit is None else 0.3 * opts.time_limit
-        rounded, lp_bound = round_lp(problem, objective, constraints, budget, lp, time_limit=heuristic_time)
-        if rounded is not None:
-            candidates.append(rounded)
-    best_hint = min(candidates, key=lambda c: evaluate(problem, c)[0][objective]) if candidates else hint
-    remaining = None if opts.time_limit is None else max(0.05, opts.time_limit - (time.perf_counter() - start))
-    if opts.backend == "cp-sat":
-        result = _solve_cpsat(problem, objective, constraints, budget, opts, remaining, best_hint)
-    else:
-        result = _solve_mip(problem, objective, constraints, budget, opts, remaining, best_hint)
-    choice, solver_bound, proven, scaling_error = result
-    used = opts.backend
-    hint_value = evaluate(problem, candidates[0])[0][objective] if candidates else math.inf
-    if candidates:
-        best_hint = min(candidates, key=lambda c: evaluate(problem, c)[0][objective])
-        hint_value = evaluate(problem, best_hint)[0][objective]
-    if choice is None or hint_value < evaluate(problem, choice)[0][objective]:
-        if best_hint is None or not candidates:
-            if proven:
+        cg_limit = None if opts.time_limit is None else 0.5 * opts.time_limit
+        cg = column_generation(problem, objective, constraints, budget, candidates, time_limit=cg_limit)
+        if cg.choice is not None and _feasible(problem, constraints, budget, cg.choice):
+            candidates.append(cg.choice)
+        bound = cg.bound
+        if not math.isfinite(bound):
+            # Inexact pricing (K >= 3): fall back to the LP relaxation without the rule limit.
+            lp = solve_lp(problem, objective, constraints, budget, time_limit=opts.time_limit)
+            if lp is None and not candidates:
                 raise InfeasibleBudgetError(_infeasible(problem, constraints))
-            raise OptimizerError(
-                f"no feasible plan found within the time limit of {opts.time_limit} s; raise --time-limit"
-            )
-        choice, used = best_hint, "lp-rounding"
-    assert choice is not None
-    if not _feasible(problem, constraints, budget, choice):
-        raise OptimizerError("internal error: the solver returned a plan that violates the budget")
-    losses, _ = evaluate(problem, choice)
-    value = float(losses[objective])
-    bound = max(solver_bound, lp_bound)
-    bound = min(bound, value)
-    gap = 0.0 if value <= 0 else (value - bound) / value
-    status = "optimal" if proven or gap <= opts.relative_gap else "feasible"
+            bound = -math.inf if lp is None else lp.value
+        lp_bound = bound
+    best = _best(problem, objective, candidates)
+    best_value = math.inf if best is None else float(evaluate(problem, best)[0][objective])
+    used, proven = "colgen", False
+    if best is None or _gap(best_value, bound) > opts.relative_gap:
+        remaining = None if opts.time_limit is None else max(0.1, opts.time_limit - _elapsed(start))
+        run = _solve_cpsat if opts.backend == "cp-sat" else _solve_mip
+        choice, solver_bound, solver_proven, scaling_error = run(
+            problem, objective, constraints, budget, opts, remaining, best
+        )
+        bound = max(bound, solver_bound)
+        if choice is not None and _feasible(problem, constraints, budget, choice):
+            value = float(evaluate(problem, choice)[0][objective])
+            if value <= best_value:
+                best, best_value, used, proven = choice, value, opts.backend, solver_proven
+        elif choice is None and solver_proven and best is None:
+            raise InfeasibleBudgetError(_infeasible(problem, constraints))
+    else:
+        scaling_error = 0.0
+    if best is None:
+        raise OptimizerError(f"no feasible plan found within the time limit of {opts.time_limit} s; raise --time-limit")
+    losses, _ = evaluate(problem, best)
+    bound = min(bound, best_value)
+    gap = _gap(best_value, bound)
     return Solution(
-        choice=choice,
+        choice=best,
         objective=objective,
         objectives=tuple(float(v) for v in losses),
         bound=float(bound),
-        gap=float(max(gap, 0.0)),
-        status=status,
+        gap=float(gap),
+        status="optimal" if proven or gap <= opts.relative_gap else "feasible",
         backend=used,
         seconds=time.perf_counter() - start,
-        lp_bound=None if lp is None else lp_bound,
+        lp_bound=lp_bound,
         scaling_error=scaling_error,
     )
+
+
+def _gap(value: float, bound: float) -> float:
+    if value <= 0:
+        return 0.0
+    return max(0.0, (value - bound) / value) if math.isfinite(bound) else 1.0
+
+
+def _elapsed(start: float) -> float:
+    return time.perf_counter() - start
+
+
+def _best(problem: Problem, objective: int, candidates: list[npt.NDArray[np.int64]]) -> npt.NDArray[np.int64] | None:
+    if not candidates:
+        return None
+    return min(candidates, key=lambda c: float(evaluate(problem, c)[0][objective]))
 
 
 def _infeasible(problem: Problem, constraints: Constraints) -> str:
@@ -225,12 +246,18 @@ def _solve_cpsat(
     opts: SolverOptions,
     time_limit: float | None,
     hint: npt.NDArray[np.int64] | None,
+    allowed: npt.NDArray[np.bool_] | None = None,
 ) -> _Result:
+    built = time.perf_counter()
     L, H, R = problem.shape
     model = cp_model.CpModel()
-    x = [model.new_bool_var("") for _ in range(L * H * R)]
+    zero = model.new_constant(0)
+    mask = np.ones((L, H, R), dtype=bool) if allowed is None else np.broadcast_to(allowed[:, None, :], (L, H, R))
+    x = [model.new_bool_var("") if m else zero for m in mask.reshape(-1).tolist()]
     for head in range(L * H):
-        model.add_exactly_one(x[head * R : (head + 1) * R])
+        model.add_exactly_one(
+            [v for v, m in zip(x[head * R : (head + 1) * R], mask.reshape(L * H, R)[head], strict=True) if m]
+        )
     spans = problem.spans.reshape(len(problem.constrained), -1)
     for c in range(len(problem.constrained)):
         total = cp_model.LinearExpr.weighted_sum(x, spans[c].tolist())
@@ -242,30 +269,37 @@ def _solve_cpsat(
     for q, cap in constraints.caps.items():
         model.add(cp_model.LinearExpr.weighted_sum(x, _scaled(losses[q], scales[q])) <= math.floor(cap * scales[q]))
     k = constraints.max_rules_per_layer
+    layer_rules = [np.flatnonzero(mask[layer, 0]).tolist() for layer in range(L)]
     if k is not None and k < R:
         for layer in range(L):
-            y = [model.new_bool_var("") for _ in range(R)]
-            model.add(sum(y) <= k)
+            if len(layer_rules[layer]) <= k:
+                continue
+            y = {r: model.new_bool_var("") for r in layer_rules[layer]}
+            model.add(sum(y.values()) <= k)
             for head in range(H):
                 base = (layer * H + head) * R
-                for r in range(R):
+                for r in layer_rules[layer]:
                     model.add_implication(x[base + r], y[r])
             if hint is not None:
                 used = set(hint[layer].tolist())
-                for r in range(R):
-                    model.add_hint(y[r], r in used)
+                for r, var in y.items():
+                    model.add_hint(var, r in used)
     model.minimize(cp_model.LinearExpr.weighted_sum(x, _scaled(losses[objective], scales[objective])))
     if hint is not None:
-        flat = hint.reshape(-1)
-        for head in range(L * H):
-            for r in range(R):
-                model.add_hint(x[head * R + r], r == flat[head])
+        for layer in range(L):
+            for head in range(H):
+                base = (layer * H + head) * R
+                for r in layer_rules[layer]:
+                    model.add_hint(x[base + r], r == hint[layer, head])
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = max(1, opts.threads)
     solver.parameters.random_seed = opts.seed
     solver.parameters.relative_gap_limit = opts.relative_gap
+    # Set-inclusion presolve takes seconds on ~50k literals and can eat the whole time limit.
+    solver.parameters.presolve_inclusion_work_limit = 0
     if time_limit is not None:
-        solver.parameters.max_time_in_seconds = float(time_limit)
+        # The limit covers building the model too.
+        solver.parameters.max_time_in_seconds = max(0.05, float(time_limit) - (time.perf_counter() - built))
     status = solver.solve(model)
     scaling_error = 0.5 * L * H / scales[objective]
     if status == cp_model.INFEASIBLE:
@@ -273,6 +307,9 @@ def _solve_cpsat(
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None, -math.inf, False, scaling_error
     values = np.array([solver.boolean_value(v) for v in x], dtype=bool).reshape(L, H, R)
+    if allowed is not None:
+        # A restricted solve proves nothing about the full program.
+        return values.argmax(axis=-1).astype(np.int64), -math.inf, False, float(scaling_error)
     bound = solver.best_objective_bound / scales[objective] - scaling_error
     return values.argmax(axis=-1).astype(np.int64), float(bound), status == cp_model.OPTIMAL, float(scaling_error)
 
@@ -329,7 +366,8 @@ def _solve_mip(
             hvars += y
             hvals += used.reshape(-1).tolist()
         solver.SetHint(hvars, hvals)
-    solver.SetNumThreads(max(1, opts.threads))
+    if opts.backend == "scip":
+        solver.SetNumThreads(max(1, opts.threads))
     if time_limit is not None:
         solver.SetTimeLimit(max(1, int(time_limit * 1000)))
     params = pywraplp.MPSolverParameters()

@@ -1,7 +1,6 @@
-"""LP relaxation (GLOP) of the rule-choice program, and rounding it to a good integer hint.
+"""LP relaxation (GLOP) of the rule-choice program, and the per-layer best rule subsets.
 
-A multiple-choice knapsack with C side constraints has an LP optimum with at most C
-fractional heads, so rounding is nearly optimal and the LP value is a tight lower bound.
+The LP (without the rule limit) is the fallback lower bound when pricing is inexact (K >= 3).
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from ortools.linear_solver import pywraplp
 from moa_optimizer.model import Constraints, IntBudget
 from moa_optimizer.tables import Problem
 
-__all__ = ["LPResult", "reduced_costs", "repair", "round_lp", "solve_lp"]
+__all__ = ["LPResult", "best_subsets", "solve_lp"]
 
 log = logging.getLogger(__name__)
 
@@ -105,16 +104,7 @@ def solve_lp(
     )
 
 
-def reduced_costs(problem: Problem, objective: int, lp: LPResult) -> npt.NDArray[np.float64]:
-    """``[L, H, R]`` loss plus the LP's prices of span and of the capped objectives."""
-    # GLOP duals are d(objective)/d(rhs): <= 0 on a binding upper row, >= 0 on a binding lower row.
-    cost = problem.loss[objective] - np.tensordot(lp.duals, problem.spans.astype(np.float64), axes=(0, 0))
-    for q, dual in lp.cap_duals.items():
-        cost = cost - dual * problem.loss[q]
-    return cost
-
-
-def _best_subsets(cost: npt.NDArray[np.float64], k: int) -> tuple[list[npt.NDArray[np.int64]], float, bool]:
+def best_subsets(cost: npt.NDArray[np.float64], k: int) -> tuple[list[npt.NDArray[np.int64]], float, bool]:
     """Per layer, the rule set of size <= k minimising the sum over heads of the cheapest rule in it.
 
     Exact for k <= 2 (all pairs), greedy beyond. Returns the sets, the summed minimum, and
@@ -141,132 +131,3 @@ def _best_subsets(cost: npt.NDArray[np.float64], k: int) -> tuple[list[npt.NDArr
         sets.append(np.array(chosen, dtype=np.int64))
         total += float(best.sum())
     return sets, total, k <= 2
-
-
-def round_lp(
-    problem: Problem,
-    objective: int,
-    constraints: Constraints,
-    budget: IntBudget,
-    lp: LPResult,
-    *,
-    iterations: int = 100,
-    time_limit: float | None = None,
-) -> tuple[npt.NDArray[np.int64] | None, float]:
-    """A feasible integer choice ``[L, H]`` near the LP optimum (None if none was found) and a lower bound.
-
-    Without a rule limit each head takes its largest LP value (at most C heads are
-    fractional), then `repair` fixes the budget rows. With a limit K the program is relaxed in
-    Lagrange fashion instead: at prices ``m`` for the density rows and ``nu`` for the caps,
-    each layer takes the K rules that minimise its heads' summed priced loss (exactly, for
-    K <= 2) and each head its cheapest kept rule. That minimum plus the prices times the
-    right-hand sides is a lower bound of the rule-limited program for any prices; starting
-    from the LP's duals, Polyak subgradient steps raise it, and every choice met on the way
-    is repaired and kept if it is the best feasible one.
-    """
-    L, H, R = problem.shape
-    k = constraints.max_rules_per_layer
-    if k is None or k >= R:
-        return repair(problem, objective, constraints, budget, lp.x.argmax(axis=-1).astype(np.int64)), lp.value
-    spans = problem.spans.astype(np.float64)
-    caps = sorted(constraints.caps)
-    cap_rhs = np.array([constraints.caps[q] for q in caps], dtype=np.float64)
-    m = -lp.duals.astype(np.float64)
-    nu = np.array([-lp.cap_duals.get(q, 0.0) for q in caps], dtype=np.float64)
-    hi, lo = budget.hi.astype(np.float64), budget.lo.astype(np.float64)
-    best_bound, best_choice, best_value = lp.value, None, np.inf
-    exact = k <= 2
-    start = time.perf_counter()
-    for _ in range(iterations):
-        if time_limit is not None and time.perf_counter() - start > time_limit:
-            break
-        cost = problem.loss[objective] + np.tensordot(m, spans, axes=(0, 0))
-        for i, q in enumerate(caps):
-            cost = cost + nu[i] * problem.loss[q]
-        sets, total, _ = _best_subsets(cost, k)
-        choice = np.empty((L, H), dtype=np.int64)
-        for layer, kept in enumerate(sets):
-            choice[layer] = kept[cost[layer][:, kept].argmin(axis=-1)]
-        value = total - float(np.maximum(m, 0) @ hi - np.maximum(-m, 0) @ lo) - float(nu @ cap_rhs)
-        if exact:
-            best_bound = max(best_bound, value)
-        fixed = repair(problem, objective, constraints, budget, choice)
-        if fixed is not None:
-            v = float(np.take_along_axis(problem.loss[objective], fixed[..., None], axis=-1).sum())
-            if v < best_value:
-                best_choice, best_value = fixed, v
-        used = np.take_along_axis(spans, np.broadcast_to(choice[None, ..., None], (len(hi), L, H, 1)), -1).sum(
-            axis=(1, 2, 3)
-        )
-        g = np.where(m > 0, used - hi, np.where(m < 0, used - lo, np.maximum(used - hi, 0) - np.maximum(lo - used, 0)))
-        g_nu = np.array(
-            [np.take_along_axis(problem.loss[q], choice[..., None], -1).sum() - constraints.caps[q] for q in caps]
-        )
-        norm = float(g @ g + g_nu @ g_nu)
-        target = best_value if np.isfinite(best_value) else value + 0.05 * abs(value) + 1e-12
-        if norm == 0 or target - value <= 1e-9 * max(1.0, abs(value)):
-            break
-        step = (target - value) / norm
-        m = m + step * g
-        nu = np.maximum(nu + step * g_nu, 0.0)
-    return best_choice, best_bound
-
-
-def repair(
-    problem: Problem,
-    objective: int,
-    constraints: Constraints,
-    budget: IntBudget,
-    choice: npt.NDArray[np.int64],
-    *,
-    max_moves: int = 64,
-) -> npt.NDArray[np.int64] | None:
-    """Greedy single-head moves (within each layer's rule set when limited) until the budget
-    holds; returns the repaired choice, or None if it gets stuck."""
-    L, H, R = problem.shape
-    choice = choice.copy()
-    k = constraints.max_rules_per_layer
-    allowed = np.ones((L, R), dtype=bool)
-    if k is not None and k < R:
-        allowed[:] = False
-        for layer in range(L):
-            allowed[layer, np.unique(choice[layer])] = True
-    loss = problem.loss[objective]
-    spans = problem.spans.astype(np.int64)
-    caps = {q: cap for q, cap in constraints.caps.items()}
-    heads = np.arange(H)
-    for _ in range(max_moves):
-        cur = np.take_along_axis(spans, choice[None, :, :, None], axis=-1)[..., 0]
-        totals = cur.sum(axis=(1, 2))
-        over = np.maximum(totals - budget.hi, 0)
-        under = np.maximum(budget.lo - totals, 0)
-        cap_excess = {
-            q: float(np.take_along_axis(problem.loss[q], choice[..., None], axis=-1).sum() - cap)
-            for q, cap in caps.items()
-        }
-        violation = float(over.sum() + under.sum()) + sum(max(e, 0.0) for e in cap_excess.values())
-        if violation <= 0:
-            return choice
-        # Change in total violation of moving each head to each rule.
-        delta = spans - cur[..., None]
-        new_tot = totals[:, None, None, None] + delta
-        new_violation = (
-            (
-                np.maximum(new_tot - budget.hi[:, None, None, None], 0)
-                + np.maximum(budget.lo[:, None, None, None] - new_tot, 0)
-            )
-            .sum(axis=0)
-            .astype(np.float64)
-        )
-        for q, excess in cap_excess.items():
-            cur_q = np.take_along_axis(problem.loss[q], choice[..., None], axis=-1)
-            new_violation += np.maximum(excess + problem.loss[q] - cur_q, 0.0)
-        gain = violation - new_violation
-        d_loss = loss - np.take_along_axis(loss, choice[..., None], axis=-1)
-        score = np.where((gain > 0) & allowed[:, None, :], gain / (np.maximum(d_loss, 0) + 1e-12), -np.inf)
-        best = int(np.argmax(score))
-        if not np.isfinite(score.reshape(-1)[best]):
-            return None
-        layer, head, rule = (int(i) for i in np.unravel_index(best, score.shape))
-        choice[layer, heads[head]] = rule
-    return None
