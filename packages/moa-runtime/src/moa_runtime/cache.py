@@ -14,6 +14,7 @@ attention and writes the new tokens into the segments.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import weakref
 from typing import Any
@@ -39,6 +40,13 @@ def check_implementation(implementation: str) -> str:
     if implementation not in IMPLEMENTATIONS:
         raise MoaRuntimeError(f"implementation must be one of {', '.join(IMPLEMENTATIONS)}, got {implementation!r}.")
     return implementation
+
+
+def _use_triton(query: torch.Tensor, implementation: str) -> bool:
+    """Whether ``implementation`` resolves to the Triton kernels for ``query`` (as moa_kernels decides)."""
+    if implementation == "triton":
+        return True
+    return implementation == "auto" and query.is_cuda and importlib.util.find_spec("triton") is not None
 
 
 def left_padding(valid: torch.Tensor) -> torch.Tensor | None:
@@ -260,15 +268,29 @@ class MoALayer(CacheLayerMixin):
         values.scatter_(1, idx, v[:, :, 0])
         self.seen = self.seen + 1
         self.lengths = torch.minimum(self.seen.unsqueeze(1), self.cap_t.unsqueeze(0))
-        out = moa_decode(
-            query[:, :, 0],
-            keys,
-            values,
-            seg_start=self.seg_start,
-            lengths=self.lengths,
-            scale=scale,
-            implementation=self.implementation,
-        )
+        if _use_triton(query, self.implementation):
+            from moa_kernels.ops.moa_decode.triton import moa_decode_fwd
+
+            # an upper bound of lengths saves the kernel launcher one device sync per layer and step
+            out = moa_decode_fwd(
+                query[:, :, 0],
+                keys,
+                values,
+                seg_start=self.seg_start,
+                lengths=self.lengths,
+                scale=scale,
+                max_length=max(self.capacity),
+            )
+        else:
+            out = moa_decode(
+                query[:, :, 0],
+                keys,
+                values,
+                seg_start=self.seg_start,
+                lengths=self.lengths,
+                scale=scale,
+                implementation="reference",
+            )
         assert isinstance(out, torch.Tensor)
         return out.unsqueeze(1)
 
