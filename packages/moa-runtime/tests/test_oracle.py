@@ -147,3 +147,37 @@ def test_beam_search_equals_oracle() -> None:
     with torch.no_grad():
         got = model.generate(ids, **kwargs)
     assert torch.equal(got, ref)
+
+
+def test_generate_sizes_the_cache_from_the_call() -> None:
+    model = make_model("llama")
+    plan = mixed_plan(model)
+    apply_plan(model, plan)
+    ids = _ids(1, 20, 11)
+    kwargs = {"do_sample": False, "return_dict_in_generate": True}
+    with torch.no_grad():
+        assert model.generate(ids, max_new_tokens=5, **kwargs).cache.max_length == 25
+        assert model.generate(ids, max_length=33, **kwargs).cache.max_length == 33
+        sampled = model.generate(
+            ids, max_new_tokens=4, do_sample=True, num_return_sequences=3, return_dict_in_generate=True
+        )
+    assert sampled.sequences.shape == (3, 24)
+    assert sampled.cache.moa_layers[0].keys.shape[0] == 3
+
+
+def test_multi_turn_left_padded_batch_with_generate(greedy: dict) -> None:
+    model = make_model("qwen3", kv_heads=2)
+    plan = mixed_plan(model)
+    first_ids, steps = _ids(2, 18, 12), 6
+    mask = torch.ones_like(first_ids)
+    mask[0, :5] = 0
+    apply_plan(model, plan)
+    cache = MoACache(plan, model.config, max_length=18 + steps)
+    with torch.no_grad():
+        first = model.generate(first_ids, attention_mask=mask, max_new_tokens=steps, cache=cache, **greedy)
+        history = torch.cat([first.sequences, _ids(2, 9, 13)], dim=1)
+        hist_mask = torch.cat([mask, torch.ones(2, history.shape[1] - 18, dtype=torch.long)], dim=1)
+        second = model.generate(history, attention_mask=hist_mask, max_new_tokens=steps, cache=cache, **greedy)
+    full_mask = torch.cat([hist_mask, torch.ones(2, steps - 1, dtype=torch.long)], dim=1)
+    oracle = oracle_logits(model, plan, 18 + steps, second.sequences[:, :-1], full_mask)
+    torch.testing.assert_close(step_logits(second), oracle[:, history.shape[1] - 1 :], atol=ATOL, rtol=0)
