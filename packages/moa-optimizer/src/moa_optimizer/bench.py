@@ -76,7 +76,7 @@ def run_benchmark(
     repeats: int = 3,
     max_rules_per_layer: int | None = 2,
     seed: int = 0,
-    relative_gap: float = 1e-4,
+    relative_gap: float = 1e-3,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Time tables, one single-objective solve (median of ``repeats``) and one Pareto search per size.

@@ -74,7 +74,7 @@ class Solution:
         objectives: Float loss at every profiled length, ``[P]``.
         bound: Proven lower bound on the minimised loss (float units, scaling error subtracted).
         gap: ``(value - bound) / value`` (0 when proven optimal up to scaling).
-        status: ``optimal`` or ``feasible`` (time limit hit).
+        status: ``optimal`` (proven within ``relative_gap``) or ``feasible`` (time limit hit first).
         backend: The step that produced ``choice``: ``colgen`` or the backend's name.
         seconds: Wall time of the whole solve.
         lp_bound: The column-generation (Dantzig-Wolfe) bound, or the LP bound for K >= 3, or None.

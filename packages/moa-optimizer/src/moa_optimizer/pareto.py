@@ -56,8 +56,9 @@ def pareto_front(
         constraints: Budget and rule limit (its caps are ignored).
         options: Solver options (time limit per solve).
         primary: Objective minimised in the constrained solves (default: the longest profiled length).
-        points: Grid points per other objective's range; the cap takes ``points - 1`` values
-            above the range's minimum (its maximum included), so ``(points - 1) ** (P - 1)`` solves.
+        points: Intervals per other objective's range: its cap takes the ``points - 1`` interior
+            values ``min + (max - min) * j / points``, so ``(points - 1) ** (P - 1)`` solves
+            besides the P anchors.
         progress: Called with (done, total) after each solve.
 
     Returns:
@@ -85,10 +86,12 @@ def pareto_front(
     anchors = np.array([s.objectives for s in found])
     lo, hi = anchors.min(axis=0), anchors.max(axis=0)
     for i, cell in enumerate(grid, start=P + 1):
-        caps = {q: float(lo[q] + (hi[q] - lo[q]) * j / (max(points, 2) - 1)) for q, j in zip(others, cell, strict=True)}
+        caps = {q: float(lo[q] + (hi[q] - lo[q]) * j / max(points, 2)) for q, j in zip(others, cell, strict=True)}
         # Warm start from the anchor of the primary objective repaired to the caps by the solver.
         try:
-            found.append(solve(problem, p, replace(base, caps=caps), opts, hint=_closest(found, caps, p)))
+            sol = solve(problem, p, replace(base, caps=caps), opts, hint=_closest(found, caps, p))
+            found.append(sol)
+            log.debug("caps %s: %s gap %.2e in %.2fs (%s)", caps, sol.status, sol.gap, sol.seconds, sol.backend)
         except InfeasibleBudgetError:
             log.debug("epsilon point %s is infeasible", caps)
         except OptimizerError as exc:
