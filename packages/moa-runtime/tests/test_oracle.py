@@ -158,9 +158,13 @@ def test_generate_sizes_the_cache_from_the_call() -> None:
     with torch.no_grad():
         assert model.generate(ids, max_new_tokens=5, **kwargs).cache.max_length == 25
         assert model.generate(ids, max_length=33, **kwargs).cache.max_length == 33
+        cache = MoACache.for_generation(model, plan, ids, 7)
+        assert model.generate(ids, max_new_tokens=7, cache=cache, **kwargs).cache is cache
         sampled = model.generate(
             ids, max_new_tokens=4, do_sample=True, num_return_sequences=3, return_dict_in_generate=True
         )
+    assert cache.max_length == 27
+    assert cache.get_seq_length() == 26
     assert sampled.sequences.shape == (3, 24)
     assert sampled.cache.moa_layers[0].keys.shape[0] == 3
 
