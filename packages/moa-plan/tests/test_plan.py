@@ -144,3 +144,20 @@ def test_export_roundtrip(tmp_path: Path) -> None:
 
 def test_all_six_fixtures_present() -> None:
     assert len(list(FIXTURES.glob("*.json"))) == 6
+
+
+def test_architecture_class_and_model_type_match() -> None:
+    saved = {
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "num_hidden_layers": 2,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "hidden_size": 128,
+    }
+    fresh = {**saved, "architectures": None}
+    a, b = ModelFingerprint.from_config(saved), ModelFingerprint.from_config(fresh)
+    assert (a.architecture, b.architecture) == ("Qwen2ForCausalLM", "qwen2")
+    assert a.differences(b) == []
+    other = ModelFingerprint.from_config({**saved, "architectures": ["LlamaForCausalLM"]})
+    assert other.differences(a) == ["architecture: plan has LlamaForCausalLM, model has Qwen2ForCausalLM"]

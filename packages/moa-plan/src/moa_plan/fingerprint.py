@@ -7,6 +7,7 @@ without importing transformers.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,11 @@ def _get(config: Any, name: str) -> Any:
     if isinstance(config, Mapping):
         return config.get(name)
     return getattr(config, name, None)
+
+
+def _family(architecture: str) -> str:
+    """``LlamaForCausalLM`` and ``llama`` -> ``llama``: the model family an architecture names."""
+    return re.sub(r"for[a-z]+$", "", architecture.lower().replace("_", "").replace("-", ""))
 
 
 class ModelFingerprint(BaseModel):
@@ -118,6 +124,10 @@ class ModelFingerprint(BaseModel):
         out = []
         for name in type(self).model_fields:
             mine, theirs = getattr(self, name), getattr(other, name)
-            if mine is not None and theirs is not None and mine != theirs:
-                out.append(f"{name}: plan has {mine}, model has {theirs}")
+            if mine is None or theirs is None or mine == theirs:
+                continue
+            # A saved config names the class (LlamaForCausalLM), a fresh one only the model type (llama).
+            if name == "architecture" and _family(mine) == _family(theirs):
+                continue
+            out.append(f"{name}: plan has {mine}, model has {theirs}")
         return out
