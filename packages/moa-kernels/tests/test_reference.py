@@ -52,6 +52,19 @@ def test_reference_prefill_matches_oracle_fp64(b, t, hq, h, d, sink, windows, st
     _assert_lse_close(lse, lse_ref, 1e-12)
 
 
+@pytest.mark.parametrize(("b", "t", "hq", "h", "d", "sink", "windows", "start"), PREFILL_CASES)
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_reference_prefill_fused_fp32_matches_oracle(b, t, hq, h, d, sink, windows, start, chunk):
+    """fp32 without lse takes the fused-SDPA path; compare it with the fp64 oracle."""
+    q, k, v = _inputs(b, t, hq, h, d)
+    w = torch.tensor(windows)
+    st = None if start is None else torch.tensor(start)
+    o = reference_moa_prefill(q.float(), k.float(), v.float(), sink=sink, windows=w, start=st, chunk_size=chunk)
+    o_ref, _ = dense_oracle_prefill(q, k, v, sink=sink, windows=w, start=st)
+    assert not torch.isnan(o).any()
+    torch.testing.assert_close(o.double(), o_ref, atol=2e-5, rtol=0)
+
+
 def test_reference_prefill_padded_rows_are_zero():
     q, k, v = _inputs(2, 20, 2, 1, 4)
     o, lse = moa_prefill(q, k, v, sink=2, windows=torch.tensor([4]), start=torch.tensor([5, 0]), return_lse=True)

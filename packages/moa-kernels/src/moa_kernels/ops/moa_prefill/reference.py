@@ -131,6 +131,39 @@ def _chunk_head(
     return out, lse
 
 
+def _chunk_head_fused(
+    qh: torch.Tensor,
+    kh: torch.Tensor,
+    vh: torch.Tensor,
+    qpos: torch.Tensor,
+    kidx: torch.Tensor,
+    start: torch.Tensor,
+    sink: torch.Tensor,
+    window: int,
+) -> torch.Tensor:
+    """`_chunk_head` without the lse, through PyTorch's fused SDPA with a boolean mask (fast on CPU).
+
+    Same arguments as `_chunk_head` except that ``qh`` is unscaled (SDPA applies ``scale``) -- the
+    caller passes the scale through ``qh`` already, so SDPA runs with scale 1.
+    """
+    bsz, g, c, d = qh.shape
+    qi = qpos.view(1, c, 1)
+    kj = kidx.view(1, 1, -1)
+    st = start.view(-1, 1, 1)
+    visible = (kj <= qi) & (kj >= st) & ((kj - st < sink.view(-1, 1, 1)) | (qi - kj < window))
+    seen = visible.any(dim=-1)
+    # Rows that see nothing would give NaN; let them see key 0 and zero them afterwards.
+    visible[..., 0] |= ~seen
+    out = torch.nn.functional.scaled_dot_product_attention(
+        qh,
+        kh.unsqueeze(1).expand(bsz, g, -1, d),
+        vh.unsqueeze(1).expand(bsz, g, -1, d),
+        attn_mask=visible.unsqueeze(1),
+        scale=1.0,
+    )
+    return out * seen.view(bsz, 1, c, 1).to(out.dtype)
+
+
 def _auto_chunk(seqlen: int, rows: int, sink: int, windows: list[int]) -> int:
     """Queries per chunk: about half the typical window (so a chunk's band wastes little work), capped
     so one score matrix stays near ``_SCORE_BUDGET`` elements."""
@@ -204,7 +237,7 @@ def reference_moa_prefill(
                 continue
             kidx = torch.cat([arange[a:b] for a, b in ranges])
             qh = qc[:, :, head * g : (head + 1) * g, :].permute(0, 2, 1, 3)
-            o_h, l_h = _chunk_head(
+            args = (
                 qh,
                 _gather(k, ranges, head, cdt),
                 _gather(v, ranges, head, cdt),
@@ -214,8 +247,12 @@ def reference_moa_prefill(
                 sink_rows,
                 win[head],
             )
+            if return_lse or cdt == torch.float64:
+                o_h, l_h = _chunk_head(*args)
+                lse_out[:, head * g : (head + 1) * g, c0:c1] = l_h.to(lse_dtype)
+            else:
+                o_h = _chunk_head_fused(*args)
             out[:, c0:c1, head * g : (head + 1) * g, :] = o_h.permute(0, 2, 1, 3).to(q.dtype)
-            lse_out[:, head * g : (head + 1) * g, c0:c1] = l_h.to(lse_dtype)
     if return_lse:
         return out, lse_out
     return out
