@@ -117,3 +117,44 @@ def e2e(
     text = write_results(rows, columns, out, "e2e", env, command)
     click.echo(text)
     click.echo(json.dumps({"bench": "e2e", "copy_bandwidth_gb_s": bandwidth / 1e9, "rows": rows}, default=str))
+
+
+@bench.command("profile")
+@click.option("--lengths", type=LengthList(), default="512,1024,2048", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/bench"), show_default=True)
+def profile(lengths: list[int], out: Path) -> None:
+    """Time and extra peak memory of profiling one sample vs length (4-layer, 8-head, 2-KV-head model)."""
+    from moa.bench.env import environment
+    from moa.bench.profile import run_profile_bench
+    from moa.bench.report import write_results
+
+    rows = run_profile_bench(lengths)
+    columns = ["length", "seconds", "time_growth", "extra_mib", "memory_growth", "base_mib", "peak_mib", "error"]
+    command = "moa bench profile " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+    click.echo(write_results(rows, columns, out, "profile", environment(), command))
+    click.echo(json.dumps({"bench": "profile", "rows": rows}))
+
+
+@bench.command("optimizer")
+@click.option("--sizes", default="7b,70b", show_default=True, help="Synthetic problem sizes.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/bench"), show_default=True)
+def optimizer(sizes: str, out: Path) -> None:
+    """Search time of the built-in optimizer on 7B- and 70B-size synthetic problems."""
+    from moa.bench.env import environment
+    from moa.bench.report import write_results
+    from moa_optimizer.bench import run_benchmark
+
+    report = run_benchmark(
+        [s for s in sizes.split(",") if s],
+        density=0.5,
+        single_time_limit=5.0,
+        pareto_time_limit={"7b": 3.0, "70b": 15.0, "tiny": 1.0},
+        points={"7b": 5, "70b": 5, "tiny": 3},
+        repeats=1,
+        log=lambda m: click.echo(m, err=True),
+    )
+    rows = report["results"]
+    columns = ["size", "case", "seconds", "plans", "gap_max", "time_limit"]
+    command = "moa bench optimizer " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+    click.echo(write_results(rows, columns, out, "optimizer", environment(), command))
+    click.echo(json.dumps({"bench": "optimizer", "results": rows}, default=str))
