@@ -36,7 +36,7 @@ print(json.dumps(row))
 def run_profile_bench(lengths: Sequence[int], shape: dict[str, int] | None = None) -> list[dict[str, Any]]:
     """Seconds and extra peak MiB of profiling one sample at each length; growth ratios between lengths."""
     shape = shape or PROFILE_MODEL
-    rows = []
+    rows: list[dict[str, Any]] = []
     for n in lengths:
         proc = subprocess.run(
             [sys.executable, "-c", _CODE, str(n), json.dumps(shape)], capture_output=True, text=True, timeout=3600
