@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     limits = args.pareto_time_limit if args.pareto_time_limit is not None else {"7b": 3.0, "70b": 15.0, "tiny": 1.0}
-    points = args.points if args.points is not None else {"7b": 5, "70b": 4, "tiny": 3}
+    points = args.points if args.points is not None else {"7b": 5, "70b": 5, "tiny": 3}
     report = run_benchmark(
         args.sizes.split(","),
         density=args.density,

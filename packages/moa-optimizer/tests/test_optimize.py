@@ -79,3 +79,23 @@ def test_heterogeneous_heads_beat_the_best_uniform_plan():
             best_uniform = min(best_uniform, _loss(u, [target]))
     assert np.isfinite(best_uniform)
     assert _loss(plan, [target]) < 0.9 * best_uniform
+
+
+def test_time_limited_solve_keeps_a_feasible_plan_and_reports_its_gap():
+    from moa_optimizer import Constraints, SolverOptions, problem_for, solve
+
+    fp = synthetic_fingerprint(8, 16)
+    profiles = synthetic_profiles(fp, [1024, 2048, 4096], seed=2, bucket=64)
+    problem = problem_for(profiles, OptimizeConfig(density=0.4))
+    start_limit = 0.3
+    sol = solve(
+        problem, 0, Constraints(upper=0.4, lower=0.36, max_rules_per_layer=2), SolverOptions(time_limit=start_limit)
+    )
+    assert sol.seconds < start_limit + 2.0
+    assert 0.0 <= sol.gap < 1.0
+    assert sol.bound <= sol.value
+    assert (sol.status == "optimal") == (sol.gap <= 1e-6)
+    n = np.asarray(problem.constrained)
+    dens = problem.grid.spans(problem.constrained)[:, sol.choice].sum(axis=(1, 2)) / (n * 8 * 16)
+    assert (dens <= 0.4 + 1e-9).all()
+    assert (dens >= 0.36 - 1e-9).all()

@@ -88,6 +88,7 @@ def _run(ctx_fn: Any) -> Any:
 )
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+@click.option("--show-rules", is_flag=True, help="Print the rule grid (spans at every constrained length) first.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of tables.")
 def optimize_command(
@@ -106,6 +107,7 @@ def optimize_command(
     points: int,
     threads: int,
     no_plots: bool,
+    show_rules: bool,
     out: Path,
     as_json: bool,
 ) -> None:
@@ -139,6 +141,13 @@ def optimize_command(
     paths = [first, *more]
     profiles = _run(lambda: [load_profile(p) for p in paths])
     _run(lambda: _same_model(profiles, paths))
+    if show_rules and not as_json:
+        from moa_optimizer.grid import format_rule_table, make_grid
+
+        profiled = sorted(p.length for p in profiles)
+        lengths_all = config.constrained_lengths(profiled)
+        grid = _run(lambda: make_grid(lengths_all, profiled, sink=profiles[0].sink, block=profiles[0].block))
+        click.echo(format_rule_table(grid, lengths_all))
     plans = _run(lambda: fn(profiles, config))
     if not plans:
         raise MoaCommandError(f"optimizer {optimizer_name!r} returned no plans")
