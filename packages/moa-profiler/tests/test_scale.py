@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -82,19 +84,24 @@ def test_sigkill_then_resume(tmp_path: Path, calibration_file: Path, model_dir: 
         *COMMON, "--lengths", "96", "--checkpoint-every", "1",
     ]  # fmt: skip
     rng = random.Random(int.from_bytes(os.urandom(4), "little"))
-    target = rng.randint(1, 4)
     checkpoint = out / ".checkpoints" / "profile-96.rank0-of-1.ckpt.safetensors"
-    process = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    while done_count(checkpoint) < target and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(rng.uniform(0.0, 0.2))
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, f"the run ended before it could be killed (target {target})"
+    # On a loaded machine the run may finish between reaching the target and the kill; then try again.
+    for _attempt in range(5):
+        shutil.rmtree(out, ignore_errors=True)
+        target = rng.randint(1, 4)
+        process = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 240
+        while done_count(checkpoint) < target and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.05))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        if process.returncode == -signal.SIGKILL and not (out / "profile-96.safetensors").exists():
+            break
+    else:
+        pytest.fail("the profiling run always finished before it could be killed")
     finished = done_count(checkpoint)
     assert target <= finished < 6, (target, finished)
-    assert not (out / "profile-96.safetensors").exists()
     profile_in_process(calibration_file, model_dir, out, "--lengths", "96")
     assert_same_profiles(tmp_path / "clean", out, [96], rtol=1e-12)
     assert not checkpoint.exists()
