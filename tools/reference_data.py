@@ -45,7 +45,9 @@ class Builder:
 
     def lines(self, rng: np.random.Generator, length: int, rewrite: bool = False) -> tuple[list, list, list]:
         ids, w, kind = self._start(rng)
-        p_question = rng.uniform(0.03, 0.6)
+        # Dense inline questions carry the retrieval signal; a few sparse documents keep the
+        # evaluation's shape (a long block of lines, then the question).
+        p_question = rng.uniform(0.03, 0.2) if rng.random() < 0.2 else rng.uniform(0.3, 0.8)
         perm = rng.permutation(len(self.keys))
         vals = rng.integers(0, len(self.values), size=len(perm))
         n = 0
@@ -136,6 +138,21 @@ class Builder:
         kind += [OTHER] * (n_fill - prev) + tk
         return ids[:length], w[:length], kind[:length]
 
+    def repeat(self, rng: np.random.Generator, length: int) -> tuple[list, list, list]:
+        """A random key/value sequence then its repetition: the classic induction-head signal.
+
+        Lines retrieval is induction (the answer's key, then the value that followed it); without
+        a previous-token head the model sits on a plateau near chance, and repeated random
+        sequences grow one quickly. Loss only on the repetition (the first half is random).
+        """
+        half = (length - 1) // 2
+        pool = np.concatenate([self.keys, self.values])
+        seq = [int(x) for x in pool[rng.integers(0, len(pool), size=half)]]
+        ids = [self.tok["<s>"], *seq, *seq]
+        ids += [int(x) for x in pool[rng.integers(0, len(pool), size=length - len(ids))]]
+        w = [1.0] + [0.0] * (half + 1) + [1.0] * (half - 1) + [0.0] * (length - 1 - 2 * half)
+        return ids, w, [OTHER] * length
+
     def local(self, rng: np.random.Generator, length: int) -> tuple[list, list, list]:
         ids = [self.tok["<s>"], *self._filler(rng, length - 1)]
         return ids, [1.0] * length, [OTHER] * length
@@ -150,6 +167,8 @@ class Builder:
             return self.lines(rng, length, rewrite=True)
         if task == "local":
             return self.local(rng, length)
+        if task == "repeat":
+            return self.repeat(rng, length)
         return self.needles(rng, length, multi=task == "multikey")
 
 

@@ -39,7 +39,7 @@ from moa_plan.tasks import generate, to_messages
 
 log = logging.getLogger("train_reference_model")
 STAGES = (64, 128, 256, 512, 768, 1024, 1536, 2048)
-MIX = {"lines": 0.5, "rewrite": 0.1, "passkey": 0.15, "multikey": 0.15, "local": 0.1}
+MIX = {"lines": 0.5, "repeat": 0.2, "rewrite": 0.06, "passkey": 0.09, "multikey": 0.09, "local": 0.06}
 
 
 def make_model(tokenizer, args: argparse.Namespace) -> LlamaForCausalLM:
@@ -58,9 +58,35 @@ def make_model(tokenizer, args: argparse.Namespace) -> LlamaForCausalLM:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         attention_dropout=0.0,
+        attention_bias=args.prev_token_init > 0,
     )
     torch.manual_seed(args.seed)
     return LlamaForCausalLM(config)
+
+
+@torch.no_grad()
+def init_prev_token_head(model: LlamaForCausalLM, amplitude: float) -> None:
+    """Make KV head 0 of layer 0 (and its query heads) attend to the previous position.
+
+    Retrieval here is induction, which needs a positional previous-token head; growing one from
+    scratch is the long plateau of training. Constant q/k biases give a content-free RoPE term
+    ``a^2/sqrt(d) * sum_f cos((i - j - 1) theta_f)``, largest at ``j = i - 1``: query pair
+    ``(a, 0)``, key pair ``a (cos theta_f, sin theta_f)`` in HF's rotate-half layout; the
+    head's content projections start at zero, so it starts as a pure previous-token head.
+    """
+    attn = model.model.layers[0].self_attn
+    cfg = model.config
+    d, group = cfg.head_dim, cfg.num_attention_heads // cfg.num_key_value_heads
+    theta = model.model.rotary_emb.inv_freq.float()
+    half = d // 2
+    q = torch.zeros(d)
+    q[:half] = amplitude
+    k = torch.cat([amplitude * torch.cos(theta), amplitude * torch.sin(theta)])
+    attn.q_proj.bias[: group * d] = q.repeat(group)
+    attn.k_proj.bias[:d] = k
+    # Content terms (and their cross terms with the large biases) would drown the pattern.
+    attn.q_proj.weight[: group * d] = 0.0
+    attn.k_proj.weight[:d] = 0.0
 
 
 def save_atomic(obj: dict, path: Path) -> None:
@@ -110,6 +136,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoint-minutes", type=float, default=3.0)
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--prev-token-init",
+        type=float,
+        default=8.0,
+        help="q/k bias amplitude that makes layer 0, KV head 0 a previous-token head (0: off)",
+    )
+    p.add_argument("--export-only", action="store_true", help="export <out>/checkpoint.pt to <out>/model and exit")
     return p.parse_args(argv)
 
 
@@ -135,13 +168,23 @@ def main(argv: list[str] | None = None) -> int:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     state = {"step": 0, "stage": 0, "acc": 0.0, "elapsed": 0.0, "history": []}
     ckpt = args.out / "checkpoint.pt"
+    if args.prev_token_init:
+        init_prev_token_head(model, args.prev_token_init)
     if ckpt.exists():
         saved = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["opt"])
+        missing, _ = model.load_state_dict(saved["model"], strict=False)
+        if missing:
+            # Warm start of a checkpoint saved without attention biases: keep the new biases.
+            log.info("checkpoint lacks %d tensors (new attention biases); fresh optimizer", len(missing))
+            init_prev_token_head(model, args.prev_token_init)
+        else:
+            opt.load_state_dict(saved["opt"])
         state = saved["state"]
         log.info("resumed at step %d (length %d)", state["step"], STAGES[state["stage"]])
     log.info("parameters: %d", sum(p.numel() for p in model.parameters()))
+    if args.export_only:
+        export(model, tokenizer, args.out / "model", state)
+        return 0
     builder = Builder(tokenizer)
     stages = [s for s in STAGES if s <= args.max_length]
     start, last_ckpt = time.time() - state["elapsed"], time.time()
