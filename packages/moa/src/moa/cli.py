@@ -159,6 +159,7 @@ def validate(
 @click.option(
     "--samples", type=click.IntRange(min=1), default=8, show_default=True, help="Calibration samples per length."
 )
+@click.option("--validation-samples", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--optimizer", default="builtin", show_default=True, help="Name in the entry-point group moa.optimizers.")
 @click.option("--time-limit", type=float, default=30.0, show_default=True, help="Seconds per solve.")
 @click.option("--eval-lengths", type=LengthList(), help="Also evaluate retrieval (dense/uniform/MoA) at these lengths.")
@@ -174,6 +175,7 @@ def compress(
     validate_length: int | None,
     task: str,
     samples: int,
+    validation_samples: int,
     optimizer: str,
     time_limit: float,
     eval_lengths: list[int] | None,
@@ -199,6 +201,7 @@ def compress(
         validate_length=validate_length,
         task=task,
         samples=samples,
+        validation_samples=validation_samples,
         optimizer=optimizer,
         time_limit=time_limit,
         eval_lengths=eval_lengths or (),
