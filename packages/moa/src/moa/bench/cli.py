@@ -48,6 +48,7 @@ def _float_list(value: str) -> list[float]:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="MoA plan for a real --model (otherwise a heterogeneous plan of equal density).",
 )
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="torch threads per case.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/bench"), show_default=True)
 def e2e(
     models: tuple[str, ...],
@@ -56,6 +57,7 @@ def e2e(
     densities: str,
     new_tokens: int,
     plan_path: Path | None,
+    threads: int,
     out: Path,
 ) -> None:
     """Prefill latency, decode tokens/s, KV bytes and peak memory: dense vs uniform vs MoA."""
@@ -72,7 +74,11 @@ def e2e(
     for model in models:
         for length in lengths:
             for batch in batches:
-                cases.append(Case(model=model, method="dense", length=length, batch=batch, new_tokens=new_tokens))
+                cases.append(
+                    Case(
+                        model=model, method="dense", length=length, batch=batch, new_tokens=new_tokens, threads=threads
+                    )
+                )
                 for d in dens:
                     for method in ("uniform", "moa"):
                         plan = str(plan_path) if (method == "moa" and model != "bench" and plan_path) else None
@@ -85,6 +91,7 @@ def e2e(
                                 density=d,
                                 new_tokens=new_tokens,
                                 plan=plan,
+                                threads=threads,
                             )
                         )
     bandwidth = copy_bandwidth()

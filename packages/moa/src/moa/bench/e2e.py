@@ -51,6 +51,7 @@ class Case:
     new_tokens: int = 24
     warmup_tokens: int = 4
     plan: str | None = None  # a MoA plan file for a real model
+    threads: int = 1
 
 
 def bench_plan(fingerprint: Any, method: str, density: float) -> Any:
@@ -203,8 +204,11 @@ def main(argv: list[str]) -> None:
     import torch
 
     payload = json.loads(argv[0])
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    result = run_case(Case(**payload["case"]), payload["bandwidth"])
+    case = Case(**payload["case"])
+    # One thread by default: on a shared 2-core machine, OpenMP barriers against another busy process
+    # turn each small matmul into milliseconds; dense and MoA run under the same setting.
+    torch.set_num_threads(case.threads)
+    result = run_case(case, payload["bandwidth"])
     sys.stdout.write(json.dumps(result) + "\n")
 
 
