@@ -46,8 +46,10 @@ test-gpu: setup ## GPU tests (needs CUDA)
 demo: setup ## A short real run on committed data
 	$(BIN)/moa plan show packages/moa-plan/tests/fixtures/moa-original-plans/lmsys--vicuna-7b-v1.5-16k.moa_alpha_beta.json
 
-bench: setup ## CPU benchmarks
-	@echo "no benchmarks yet (see issue 10)"
+bench: setup ## CPU benchmarks (e2e decode/prefill/memory, optimizer search, profiling cost) into runs/bench
+	$(BIN)/moa bench e2e --out runs/bench
+	$(BIN)/moa bench optimizer --out runs/bench
+	$(BIN)/moa bench profile --out runs/bench
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
