@@ -75,39 +75,20 @@ def test_tokenizer_round_trip(tokenizer) -> None:
 
 
 def test_chat_template(tokenizer) -> None:
+    key, value = vocabulary().keys[0], vocabulary().values[0]
     messages = [
         {"role": "system", "content": "answer with the value"},
-        {"role": "user", "content": "line bako 12345\nwhat is line bako"},
-        {"role": "assistant", "content": "12345"},
-        {"role": "user", "content": "what is line bako"},
+        {"role": "user", "content": f"line {key} {value}\nwhat is line {key}"},
+        {"role": "assistant", "content": f"{key} {value}"},
+        {"role": "user", "content": f"what is line {key}"},
     ]
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-    expected = [
-        "<s>",
-        "<|system|>",
-        "answer",
-        "with",
-        "the",
-        "value",
-        "<|user|>",
-        "line",
-        "bako",
-        "12345",
-        "what",
-        "is",
-        "line",
-        "bako",
-        "<|assistant|>",
-        "12345",
-        "<|end|>",
-        "<|user|>",
-        "what",
-        "is",
-        "line",
-        "bako",
-        "<|assistant|>",
-    ]
+    # Oracle: the template's layout written out token by token.
+    expected = (
+        f"<s> <|system|> answer with the value <|user|> line {key} {value} what is line {key} <|assistant|> "
+        f"{key} {value} <|end|> <|user|> what is line {key} <|assistant|>"
+    ).split()
     assert tokenizer.convert_ids_to_tokens(ids) == expected
     assert tokenizer.eos_token == "<|end|>"
     with pytest.raises(Exception, match="roles"):
