@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.prev_token_init:
         init_prev_token_head(model, args.prev_token_init)
     if ckpt.exists():
-        saved = torch.load(ckpt, weights_only=False)
+        # weights_only: a checkpoint is data (tensors, numbers, strings), never code.
+        saved = torch.load(ckpt, weights_only=True)
         missing, _ = model.load_state_dict(saved["model"], strict=False)
         if missing:
             # Warm start of a checkpoint saved without attention biases: keep the new biases.
@@ -240,11 +241,25 @@ def main(argv: list[str] | None = None) -> int:
             log.info("eval step %d: %s", state["step"], json.dumps(res))
         if now - last_ckpt > args.checkpoint_minutes * 60:
             save_atomic(
-                {"model": model.state_dict(), "opt": opt.state_dict(), "state": state, "args": vars(args)}, ckpt
+                {
+                    "model": model.state_dict(),
+                    "opt": opt.state_dict(),
+                    "state": state,
+                    "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                },
+                ckpt,
             )
             last_ckpt = now
     bar.close()
-    save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "state": state, "args": vars(args)}, ckpt)
+    save_atomic(
+        {
+            "model": model.state_dict(),
+            "opt": opt.state_dict(),
+            "state": state,
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        },
+        ckpt,
+    )
     export(model, tokenizer, args.out / "model", state)
     return 0
 
