@@ -96,6 +96,16 @@ def _gather(x: torch.Tensor, ranges: list[tuple[int, int]], head: int, dtype: to
     return out.to(dtype)
 
 
+def _visible(
+    qpos: torch.Tensor, kidx: torch.Tensor, start: torch.Tensor, sink: torch.Tensor, window: int
+) -> torch.Tensor:
+    """[B, C, K] bool: the sink + window mask of DESIGN.md section 3 on positions (padding excluded)."""
+    qi = qpos.view(1, -1, 1)
+    kj = kidx.view(1, 1, -1)
+    st = start.view(-1, 1, 1)
+    return (kj <= qi) & (kj >= st) & ((kj - st < sink.view(-1, 1, 1)) | (qi - kj < window))
+
+
 def _chunk_head(
     qh: torch.Tensor,
     kh: torch.Tensor,
@@ -119,10 +129,7 @@ def _chunk_head(
     """
     bsz, g, c, d = qh.shape
     scores = torch.matmul(qh.reshape(bsz, g * c, d), kh.transpose(1, 2)).view(bsz, g, c, -1)
-    qi = qpos.view(1, c, 1)
-    kj = kidx.view(1, 1, -1)
-    st = start.view(-1, 1, 1)
-    visible = (kj <= qi) & (kj >= st) & ((kj - st < sink.view(-1, 1, 1)) | (qi - kj < window))
+    visible = _visible(qpos, kidx, start, sink, window)
     scores = scores.masked_fill(~visible.unsqueeze(1), float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)
     finite = torch.isfinite(lse)
@@ -147,10 +154,7 @@ def _chunk_head_fused(
     caller passes the scale through ``qh`` already, so SDPA runs with scale 1.
     """
     bsz, g, c, d = qh.shape
-    qi = qpos.view(1, c, 1)
-    kj = kidx.view(1, 1, -1)
-    st = start.view(-1, 1, 1)
-    visible = (kj <= qi) & (kj >= st) & ((kj - st < sink.view(-1, 1, 1)) | (qi - kj < window))
+    visible = _visible(qpos, kidx, start, sink, window)
     seen = visible.any(dim=-1)
     # Rows that see nothing would give NaN; let them see key 0 and zero them afterwards.
     visible[..., 0] |= ~seen
