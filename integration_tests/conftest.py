@@ -41,6 +41,13 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def reference_model(tiny_model: Path) -> Path:
+    """The committed reference model (models/moa-reference), or the tiny model while none is committed."""
+    path = ROOT / "models" / "moa-reference"
+    return path if (path / "config.json").is_file() else tiny_model
+
+
+@pytest.fixture(scope="session")
 def moa_cli():  # type: ignore[no-untyped-def]
     """The `moa` runner below, as a fixture (test modules cannot import conftest under importlib mode)."""
     return moa
