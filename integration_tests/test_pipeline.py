@@ -15,6 +15,8 @@ import pytest
 
 from moa_plan import Plan
 
+ROOT = Path(__file__).resolve().parents[1]
+
 COMPRESS = ["--density", "0.5", "--lengths", "256,512", "--sink", "16", "--block", "16", "--samples", "3",
             "--validation-samples", "2", "--time-limit", "5"]  # fmt: skip
 
@@ -122,3 +124,43 @@ def test_bad_inputs_exit_2_with_one_sentence(reference_model: Path, tmp_path: Pa
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith("Error: ") and expected in last, proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr
+
+
+def test_custom_optimizer_package_replaces_the_builtin(reference_model: Path, tmp_path: Path) -> None:
+    """A third-party optimizer, pip-installed (into a target directory on the path), drives `moa compress`."""
+    fixture = ROOT / "packages" / "moa-optimizer" / "tests" / "fixtures" / "toy_optimizer"
+    site = tmp_path / "site"
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
+                           str(fixture)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "toy"
+    cmd = [sys.executable, "-m", "moa_plan.cli", "compress", "--model", str(reference_model), *COMPRESS,
+           "--optimizer", "toy", "--out", str(out)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    plan = Plan.load(out / "d0.5" / "plan.json")
+    assert plan.provenance.notes == "toy"
+    assert len({r for row in plan.rules for r in row}) == 1  # the toy's uniform rule, not the builtin's mix
+
+
+def test_profiler_under_torchrun_with_two_gloo_ranks_matches_one_process(
+    compressed: Path, reference_model: Path, tmp_path: Path
+) -> None:
+    """The cluster story: the pipeline's calibration set profiled by 2 gloo ranks == the pipeline's profiles."""
+    import numpy as np
+
+    from moa_plan import load_profile
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+           "moa_profiler", "profile", str(compressed / "calibration.parquet"), "--model", str(reference_model),
+           "--out", str(tmp_path / "two"), "--sink", "16", "--block", "16", "--quiet", "--device", "cpu"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for n in (256, 512):
+        one = load_profile(compressed / "profiles" / f"profile-{n}.safetensors")
+        two = load_profile(tmp_path / "two" / f"profile-{n}.safetensors")
+        assert one.num_samples == two.num_samples
+        np.testing.assert_allclose(two.hist, one.hist, rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(two.sink_influence, one.sink_influence, rtol=1e-5, atol=1e-9)
