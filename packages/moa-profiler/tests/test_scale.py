@@ -75,25 +75,35 @@ def done_count(checkpoint: Path) -> int:
         return 0
 
 
-def test_sigkill_then_resume(tmp_path: Path, calibration_file: Path, model_dir: Path):
-    """Kill at a random sample (and a random moment in it), restart: same profile, each sample once."""
-    profile_in_process(calibration_file, model_dir, tmp_path / "clean", "--lengths", "96")
+# Five kill points: during start-up, and at random moments of the 2nd and 3rd samples (twice each).
+# Later samples finish too fast on an idle machine to be caught reliably.
+@pytest.mark.parametrize(
+    "point",
+    [0, 1, 1, 2, 2],  # noqa: PT014 - same sample, another random moment
+    ids=["startup", "sample2-a", "sample2-b", "sample3-a", "sample3-b"],
+)
+def test_sigkill_then_resume(tmp_path: Path, calibration_file: Path, model_dir: Path, point: int):
+    """Kill after `point` finished samples (at a random moment of the next), restart: same profile,
+    each sample counted once."""
+    # Tiny influence chunks slow each sample down, so the kill lands inside a sample.
+    slow = ["--chunk-elements", "64"]
+    profile_in_process(calibration_file, model_dir, tmp_path / "clean", "--lengths", "96", *slow)
     out = tmp_path / "killed"
     command = [
         sys.executable, "-m", "moa_profiler", "profile", str(calibration_file), "--model", str(model_dir), "-o", str(out),
-        *COMMON, "--lengths", "96", "--checkpoint-every", "1",
+        *COMMON, "--lengths", "96", "--checkpoint-every", "1", *slow,
     ]  # fmt: skip
     rng = random.Random(int.from_bytes(os.urandom(4), "little"))
     checkpoint = out / ".checkpoints" / "profile-96.rank0-of-1.ckpt.safetensors"
     # On a loaded machine the run may finish between reaching the target and the kill; then try again.
     for _attempt in range(5):
         shutil.rmtree(out, ignore_errors=True)
-        target = rng.randint(1, 4)
+        target = point
         process = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 240
         while done_count(checkpoint) < target and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 0.05))
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0.0, 0.002))
         process.send_signal(signal.SIGKILL)
         process.wait()
         if process.returncode == -signal.SIGKILL and not (out / "profile-96.safetensors").exists():
@@ -102,6 +112,6 @@ def test_sigkill_then_resume(tmp_path: Path, calibration_file: Path, model_dir: 
         pytest.fail("the profiling run always finished before it could be killed")
     finished = done_count(checkpoint)
     assert target <= finished < 6, (target, finished)
-    profile_in_process(calibration_file, model_dir, out, "--lengths", "96")
+    profile_in_process(calibration_file, model_dir, out, "--lengths", "96", *slow)
     assert_same_profiles(tmp_path / "clean", out, [96], rtol=1e-12)
     assert not checkpoint.exists()
