@@ -11,14 +11,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from moa_plan import Plan
+from moa_plan import Plan, load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 
 COMPRESS = ["--density", "0.5", "--lengths", "256,512", "--sink", "16", "--block", "16", "--samples", "3",
-            "--validation-samples", "2", "--time-limit", "5"]  # fmt: skip
+            "--validation-samples", "2", "--time-limit", "120"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +106,11 @@ def test_interrupted_compress_then_rerun_gives_the_same_plan(  # type: ignore[no
     assert finished < 5, "the run finished before the interruption"
     proc = moa("compress", "--model", reference_model, *COMPRESS, "--out", out)
     assert proc.stderr.count("up to date, skipped") == finished, proc.stderr
+    for n in (256, 512):
+        name = f"profile-{n}.safetensors"
+        a, b = load_profile(out / "profiles" / name), load_profile(compressed / "profiles" / name)
+        np.testing.assert_allclose(a.hist, b.hist, rtol=1e-9, atol=0)
+        assert a.num_samples == b.num_samples
     assert Plan.load(out / "d0.5" / "plan.json").rules == Plan.load(compressed / "d0.5" / "plan.json").rules
     assert not list(out.rglob("*.tmp")), "a half-written file was left behind"
 
