@@ -47,10 +47,14 @@ def parse_plan_specs(specs: Sequence[str], fingerprint: ModelFingerprint) -> lis
     Raises:
         MoaError: for a malformed spec or a plan that does not fit the model.
     """
-    files = [
-        Plan.load(spec.rpartition("=")[2]) for spec in specs if spec != "dense" and not spec.startswith("uniform:")
-    ]
-    sink, block = (files[0].sink, files[0].block) if files else (64, 64)
+    loaded: dict[str, Plan] = {}
+    for spec in specs:
+        if spec != "dense" and not spec.startswith("uniform:"):
+            plan = Plan.load(spec.rpartition("=")[2])
+            plan.check_compatible(fingerprint)
+            loaded[spec] = plan
+    first = next(iter(loaded.values()), None)
+    sink, block = (first.sink, first.block) if first is not None else (64, 64)
     out = []
     for spec in specs:
         if spec == "dense":
@@ -63,9 +67,7 @@ def parse_plan_specs(specs: Sequence[str], fingerprint: ModelFingerprint) -> lis
             out.append(PlanSpec(f"uniform-{fraction:g}", Plan.uniform(fingerprint, fraction, sink=sink, block=block)))
         else:
             name, _, path = spec.rpartition("=")
-            plan = Plan.load(path)
-            plan.check_compatible(fingerprint)
-            out.append(PlanSpec(name or Path(path).stem, plan))
+            out.append(PlanSpec(name or Path(path).stem, loaded[spec]))
     names = [s.name for s in out]
     if len(set(names)) != len(names):
         raise MoaError(f"plan names must differ, got {names}; name them NAME=PATH")

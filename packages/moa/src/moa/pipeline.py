@@ -190,6 +190,10 @@ def run_compress(s: CompressSettings, echo: Callable[[str], None] = print) -> di
                     s.time_limit,
                     "--optimizer",
                     s.optimizer,
+                    # One solver thread: multi-threaded CP-SAT may return another of several equal-loss
+                    # plans, and a resumed pipeline must reproduce the plan of an uninterrupted one.
+                    "--threads",
+                    1,
                     "--out",
                     out / _tag(d) / "plans",
                 ],

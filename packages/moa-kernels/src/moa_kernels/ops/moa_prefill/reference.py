@@ -150,8 +150,7 @@ def _chunk_head_fused(
 ) -> torch.Tensor:
     """`_chunk_head` without the lse, through PyTorch's fused SDPA with a boolean mask (fast on CPU).
 
-    Same arguments as `_chunk_head` except that ``qh`` is unscaled (SDPA applies ``scale``) -- the
-    caller passes the scale through ``qh`` already, so SDPA runs with scale 1.
+    Same arguments as `_chunk_head`; ``qh`` is already scaled, so SDPA runs with scale 1.
     """
     bsz, g, c, d = qh.shape
     visible = _visible(qpos, kidx, start, sink, window)
