@@ -1,4 +1,5 @@
-"""torchrun data parallelism and resuming after SIGKILL give the same profile as one plain run."""
+"""torchrun data parallelism, a layer split with --device-map, and resuming after SIGKILL give the same
+profile as one plain run."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from click.testing import CliRunner
 
 from moa_plan import load_profile
 from moa_plan.cli import main
+from moa_profiler.models import input_device, load_model
 
 COMMON = ["--sink", "8", "--block", "16", "--block-map", "--quiet", "--device", "cpu"]
 
@@ -115,3 +117,94 @@ def test_sigkill_then_resume(tmp_path: Path, calibration_file: Path, model_dir: 
     profile_in_process(calibration_file, model_dir, out, "--lengths", "96", *slow)
     assert_same_profiles(tmp_path / "clean", out, [96], rtol=1e-12)
     assert not checkpoint.exists()
+
+
+def split_map(layers: int, devices: list[str]) -> dict[str, str]:
+    """Embeddings on the first device, the layers spread in order, norm and head on the last."""
+    mapping = {"model.embed_tokens": devices[0], "model.rotary_emb": devices[0]}
+    for i in range(layers):
+        mapping[f"model.layers.{i}"] = devices[i * len(devices) // layers]
+    mapping.update({"model.norm": devices[-1], "lm_head": devices[-1]})
+    return mapping
+
+
+def test_explicit_map_loads_on_its_devices(model_dir: Path):
+    model = load_model(model_dir, device_map=split_map(2, ["cpu", "cpu"]))
+    assert input_device(model) == torch.device("cpu")
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+def test_profile_through_accelerate_hooks_equals_plain(model_factory):
+    # Hooks are what a real multi-GPU split adds (inputs moved to each layer's device); forced here
+    # on CPU, they must not change what the profiling attention records.
+    from accelerate import dispatch_model
+
+    from moa_profiler.attention import register_profiling_attention
+    from moa_profiler.sample import InfluenceSettings, prepare_model, profile_sample
+
+    register_profiling_attention()
+    ids = torch.randint(0, 64, (80,), generator=torch.Generator().manual_seed(0))
+    settings = InfluenceSettings(sink=4, block=16, block_map=True, dtype=torch.float64)
+    plain = profile_sample(prepare_model(model_factory(seed=3, std=0.2)), ids, 70, 80, settings)
+    hooked = dispatch_model(model_factory(seed=3, std=0.2), device_map=split_map(2, ["cpu", "cpu"]), force_hooks=True)
+    assert hasattr(hooked.model.layers[1], "_hf_hook")
+    split = profile_sample(prepare_model(hooked), ids, 70, 80, settings)
+    assert split.loss == pytest.approx(plain.loss, rel=1e-6)
+    torch.testing.assert_close(split.hist, plain.hist, rtol=1e-6, atol=0)
+    torch.testing.assert_close(split.sink, plain.sink, rtol=1e-6, atol=0)
+
+
+def test_split_profile_equals_plain_profile(tmp_path: Path, calibration_file: Path, model_dir: Path):
+    # On CPU every entry of the map is the CPU, so this checks the device-map path end to end
+    # (accelerate's hooks, inputs on the embeddings' device); the GPU test below moves layers.
+    mapping = tmp_path / "map.json"
+    mapping.write_text(json.dumps(split_map(2, ["cpu", "cpu"])))
+    profile_in_process(calibration_file, model_dir, tmp_path / "plain")
+    profile_in_process(calibration_file, model_dir, tmp_path / "split", "--device-map", str(mapping))
+    assert_same_profiles(tmp_path / "plain", tmp_path / "split", [96, 160], rtol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_layers_on_two_gpus_equal_one_gpu(tmp_path: Path, calibration_file: Path, model_dir: Path):
+    mapping = tmp_path / "map.json"
+    mapping.write_text(json.dumps(split_map(2, ["cuda:0", "cuda:1"])))
+    common = ["--device", "cuda:0"]
+    profile_in_process(calibration_file, model_dir, tmp_path / "one", *common)
+    profile_in_process(calibration_file, model_dir, tmp_path / "two", "--device-map", str(mapping))
+    assert_same_profiles(tmp_path / "one", tmp_path / "two", [96, 160], rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("value", "content", "message"),
+    [
+        ("fastest", None, "neither a strategy"),
+        ("map.json", "{not json", "not a readable JSON file"),
+        ("map.json", "[1, 2]", "expected a JSON object"),
+    ],
+)
+def test_bad_device_map_is_one_sentence(
+    tmp_path: Path, calibration_file: Path, model_dir: Path, value: str, content: str | None, message: str
+):
+    if content is not None:
+        (tmp_path / value).write_text(content)
+        value = str(tmp_path / value)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, ["profile", str(calibration_file), "--model", str(model_dir), "-o", str(out), "--device-map", value]
+    )
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_device_map_without_accelerate_is_one_sentence(monkeypatch: pytest.MonkeyPatch, model_dir: Path):
+    import importlib.util
+
+    from moa_profiler.errors import ProfilerError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name, *a))
+    with pytest.raises(ProfilerError, match=r"pip install 'moa-profiler\[multi-gpu\]'"):
+        load_model(model_dir, device_map="auto")

@@ -38,6 +38,27 @@ def _device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def _device_map(value: str | None) -> str | dict[str, Any] | None:
+    """``--device-map``: a strategy name, or a JSON file mapping module names to devices."""
+    if value is None or value in DEVICE_MAP_STRATEGIES:
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise MoaCommandError(
+            f"--device-map {value}: neither a strategy ({', '.join(DEVICE_MAP_STRATEGIES)}) nor a JSON file"
+        )
+    try:
+        mapping = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MoaCommandError(f"--device-map {value}: not a readable JSON file ({exc.__class__.__name__})") from None
+    if not isinstance(mapping, dict) or not all(isinstance(v, (str, int)) for v in mapping.values()):
+        raise MoaCommandError(f"--device-map {value}: expected a JSON object {{module name: device}}")
+    return mapping
+
+
 def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
@@ -104,6 +125,11 @@ def _calibration_inputs(
 @click.option("--max-per-bucket", type=click.IntRange(min=1), help="Keep at most this many samples per length.")
 @click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="float32", show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@click.option(
+    "--device-map",
+    help="Split the layers over this node's GPUs: auto, balanced, sequential, or a JSON file "
+    "{module: device} (needs moa-profiler[multi-gpu]; replaces --device).",
+)
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Calibration Parquet file.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -123,6 +149,7 @@ def calibrate(
     max_per_bucket: int | None,
     dtype: str,
     device: str,
+    device_map: str | None,
     out: Path,
     as_json: bool,
     quiet: bool,
@@ -148,7 +175,7 @@ def calibrate(
         system=system,
     )
     inputs, source = _calibration_inputs(tokenizer, records, task, lengths, num_samples, seed, template, system)
-    model = _run(load_model, model_path, dtype=dtype, device=_device(device))
+    model = _run(load_model, model_path, dtype=dtype, device=_device(device), device_map=_device_map(device_map))
     samples = _run(build_calibration, model, tokenizer, inputs, settings, source=source, progress=not quiet)
     provenance = {
         "fingerprint": fingerprint_of(model).model_dump(),
@@ -196,6 +223,11 @@ def calibrate(
 @click.option("--restart", is_flag=True, help="Ignore existing checkpoints.")
 @click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="float32", show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@click.option(
+    "--device-map",
+    help="Split the layers over this node's GPUs: auto, balanced, sequential, or a JSON file "
+    "{module: device} (needs moa-profiler[multi-gpu]; replaces --device).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def profile(
@@ -213,6 +245,7 @@ def profile(
     restart: bool,
     dtype: str,
     device: str,
+    device_map: str | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -237,7 +270,17 @@ def profile(
     if missing:
         raise MoaCommandError(f"{calibration} has no samples of length {missing[0]} (it has {calib.lengths()})")
     world = init_world(cuda=device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()))
-    model = _run(load_model, model_path, dtype=dtype, device=_device(device, world.local_rank))
+    if device_map is not None and world.size > 1:
+        raise MoaCommandError(
+            "--device-map splits one model copy over a node's GPUs; do not combine it with torchrun ranks"
+        )
+    model = _run(
+        load_model,
+        model_path,
+        dtype=dtype,
+        device=_device(device, world.local_rank),
+        device_map=_device_map(device_map),
+    )
     fp = fingerprint_of(model)
     recorded = calib.fingerprint
     if recorded is not None and recorded.differences(fp):

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from moa_profiler.models import input_device
+
 __all__ = ["generate_greedy", "stop_token_ids"]
 
 
@@ -49,7 +51,7 @@ def generate_greedy(
     from transformers import GenerationConfig
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stops)
-    device = next(model.parameters()).device
+    device = input_device(model)  # the first device of a split model
     out: list[list[int]] = [[] for _ in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     for at in range(0, len(order), batch_size):

@@ -22,6 +22,7 @@ from moa_profiler.checkpoint import PartialSums, load_checkpoint, save_checkpoin
 from moa_profiler.dataset import CalibrationSample
 from moa_profiler.distributed import World, all_reduce_sum, barrier
 from moa_profiler.errors import ProfilerError
+from moa_profiler.models import input_device
 from moa_profiler.sample import InfluenceSettings, profile_sample
 
 __all__ = ["LengthSummary", "RunSettings", "profile_length"]
@@ -115,7 +116,7 @@ def profile_length(
         if len(sample.input_ids) != length:
             raise ProfilerError(f"sample {sample.sample_id} has {len(sample.input_ids)} tokens, not {length}")
     started = time.perf_counter()
-    device = next(model.parameters()).device
+    device = input_device(model)
     mine = list(samples[world.rank :: world.size])
     key = _key(fingerprint, samples, length, s, world)
     ckpt = None
