@@ -43,7 +43,15 @@ class Builder:
     def words(self, text: str) -> list[int]:
         return [self.tok[w] for w in text.split()]
 
-    def lines(self, rng: np.random.Generator, length: int, rewrite: bool = False) -> tuple[list, list, list]:
+    def lines(
+        self, rng: np.random.Generator, length: int, rewrite: bool = False, compact: bool = False
+    ) -> tuple[list, list, list]:
+        """Lines with inline questions; ``compact`` asks ``what is line K V`` with no chat turn.
+
+        The compact question puts the value right after the asked key, which is plain induction
+        with no distracting copy of the key (in a chat turn the key is followed by
+        ``<|assistant|>``); it grows the induction circuit that the chat form then reuses.
+        """
         ids, w, kind = self._start(rng)
         # Dense inline questions carry the retrieval signal; a few sparse documents keep the
         # evaluation's shape (a long block of lines, then the question).
@@ -60,6 +68,11 @@ class Builder:
                 a = int(rng.integers(n))
                 if rewrite and n > 6 and rng.random() < 0.3:
                     self._rewrite(ids, w, kind, perm, vals, int(rng.integers(n - 4)))
+                    continue
+                if compact:
+                    ids += [*self.words("what is line"), int(self.keys[perm[a]]), int(self.values[vals[a]])]
+                    w += [1.0, 1.0, 1.0, 0.0, ANSWER_WEIGHT]
+                    kind += [OTHER] * 4 + [LINES_ANSWER]
                     continue
                 ids += [*self.words("what is line"), int(self.keys[perm[a]]), self.tok["<|assistant|>"]]
                 w += [1.0, 1.0, 1.0, 0.0, 1.0]
@@ -139,18 +152,23 @@ class Builder:
         return ids[:length], w[:length], kind[:length]
 
     def repeat(self, rng: np.random.Generator, length: int) -> tuple[list, list, list]:
-        """A random key/value sequence then its repetition: the classic induction-head signal.
+        """Random key/value tokens with a segment repeated later: the classic induction-head signal.
 
         Lines retrieval is induction (the answer's key, then the value that followed it); without
         a previous-token head the model sits on a plateau near chance, and repeated random
-        sequences grow one quickly. Loss only on the repetition (the first half is random).
+        sequences grow one quickly. The segment's length and both positions are random, so no
+        fixed positional offset solves it (a document that is a sequence and its copy at a fixed
+        half-length offset is solved by a positional head, which teaches nothing about lines).
+        Loss only on the repeated tokens after the first (everything else is random).
         """
-        half = (length - 1) // 2
         pool = np.concatenate([self.keys, self.values])
-        seq = [int(x) for x in pool[rng.integers(0, len(pool), size=half)]]
-        ids = [self.tok["<s>"], *seq, *seq]
-        ids += [int(x) for x in pool[rng.integers(0, len(pool), size=length - len(ids))]]
-        w = [1.0] + [0.0] * (half + 1) + [1.0] * (half - 1) + [0.0] * (length - 1 - 2 * half)
+        ids = [self.tok["<s>"], *(int(x) for x in pool[rng.integers(0, len(pool), size=length - 1)])]
+        w = [1.0] + [0.0] * (length - 1)
+        m = int(rng.integers(4, max(5, (length - 1) // 3)))
+        a = int(rng.integers(1, length - 2 * m))
+        b = int(rng.integers(a + m, length - m + 1))
+        ids[b : b + m] = ids[a : a + m]
+        w[b + 1 : b + m] = [1.0] * (m - 1)
         return ids, w, [OTHER] * length
 
     def local(self, rng: np.random.Generator, length: int) -> tuple[list, list, list]:
@@ -163,6 +181,8 @@ class Builder:
         task = names[int(rng.choice(len(names), p=p / p.sum()))]
         if task == "lines":
             return self.lines(rng, length)
+        if task == "compact":
+            return self.lines(rng, length, compact=True)
         if task == "rewrite":
             return self.lines(rng, length, rewrite=True)
         if task == "local":

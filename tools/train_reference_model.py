@@ -39,7 +39,15 @@ from moa_plan.tasks import generate, to_messages
 
 log = logging.getLogger("train_reference_model")
 STAGES = (64, 128, 256, 512, 768, 1024, 1536, 2048)
-MIX = {"lines": 0.5, "repeat": 0.2, "rewrite": 0.06, "passkey": 0.09, "multikey": 0.09, "local": 0.06}
+MIX = {
+    "lines": 0.3,
+    "compact": 0.25,
+    "repeat": 0.2,
+    "rewrite": 0.04,
+    "passkey": 0.08,
+    "multikey": 0.08,
+    "local": 0.05,
+}
 
 
 def make_model(tokenizer, args: argparse.Namespace) -> LlamaForCausalLM:

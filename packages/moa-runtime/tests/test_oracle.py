@@ -185,3 +185,44 @@ def test_multi_turn_left_padded_batch_with_generate(greedy: dict) -> None:
     full_mask = torch.cat([hist_mask, torch.ones(2, steps - 1, dtype=torch.long)], dim=1)
     oracle = oracle_logits(model, plan, 18 + steps, second.sequences[:, :-1], full_mask)
     torch.testing.assert_close(step_logits(second), oracle[:, history.shape[1] - 1 :], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("chunk", [5, 16])
+def test_chunked_prefill_equals_oracle(chunk: int, greedy: dict) -> None:
+    # generate() prefills long prompts in chunks onto the cache; a left-padded batch, chunk edges
+    # inside the padding, the sink and the windows.
+    model = make_model("llama", kv_heads=2)
+    plan = mixed_plan(model)
+    lengths, steps = [23, 61, 40], 8
+    width = max(lengths)
+    ids = torch.zeros(3, width, dtype=torch.long)
+    mask = torch.zeros(3, width, dtype=torch.long)
+    for i, t in enumerate(lengths):
+        ids[i, width - t :] = _ids(1, t, 20 + i)[0]
+        mask[i, width - t :] = 1
+    n = width + steps
+    apply_plan(model, plan, prefill_chunk=chunk)
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=steps, **greedy)
+    full_mask = torch.cat([mask, torch.ones(3, steps - 1, dtype=torch.long)], dim=1)
+    oracle = oracle_logits(model, plan, n, out.sequences[:, :-1], full_mask)
+    torch.testing.assert_close(step_logits(out), oracle[:, width - 1 :], atol=ATOL, rtol=0)
+
+
+def test_prefill_chunk_is_used_and_can_be_turned_off(monkeypatch: pytest.MonkeyPatch, greedy: dict) -> None:
+    from moa_runtime.cache import MoALayer
+
+    model = make_model("llama", kv_heads=2)
+    plan = mixed_plan(model)
+    ids = _ids(2, 50, 7)
+    calls: list[int] = []
+    attend = MoALayer.attend
+    monkeypatch.setattr(MoALayer, "attend", lambda self, q, *a: calls.append(q.shape[2]) or attend(self, q, *a))
+    for chunk, widths in [(16, [16, 16, 16, 2, 1]), (None, [50, 1])]:
+        calls.clear()
+        apply_plan(model, plan, prefill_chunk=chunk)
+        with torch.no_grad():
+            model.generate(ids, max_new_tokens=2, **greedy)
+        assert calls[:: plan.num_layers] == widths
+    with pytest.raises(Exception, match="prefill_chunk must be a positive"):
+        apply_plan(model, plan, prefill_chunk=0)

@@ -7,7 +7,8 @@ This is the only module that touches transformers' extension points:
   unchanged (causality, sink + window and padding are applied from positions by the attention itself).
 * ``model.generate`` gets an instance-level wrapper (the same mechanism transformers uses for
   ``custom_generate``) that builds a `MoACache` sized N = prompt length + max_new_tokens when the
-  caller passes no cache; `remove_plan` deletes it again. No class is modified.
+  caller passes no cache, and prefills prompts longer than ``prefill_chunk`` tokens in chunks
+  (transformers' ``prefill_chunk_size``); `remove_plan` deletes it again. No class is modified.
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ class _Applied:
     plan: Plan
     implementation: str
     previous_attn: str | None
+    prefill_chunk: int | None = None
+
+
+# Default prompt chunk of generate() with a plan: prompts longer than this are prefilled onto the
+# MoACache in chunks, so the activations of a long prompt never exist all at once (see apply_plan).
+PREFILL_CHUNK = 4096
 
 
 # attention module -> (state, layer index): used when the model runs without a MoACache.
@@ -186,16 +193,27 @@ def _generate(model: Any, original: Any, *args: Any, **kwargs: Any) -> Any:
         n = prompt + _new_tokens(model, prompt, kwargs)
         kwargs["cache"] = MoACache(state.plan, model.config, max_length=n, implementation=state.implementation)
         logger.debug("generate: MoACache with N=%d", n)
+        config = kwargs.get("generation_config") or model.generation_config
+        chosen = kwargs.get("prefill_chunk_size", getattr(config, "prefill_chunk_size", None))
+        if chosen is None and state.prefill_chunk is not None and prompt > state.prefill_chunk:
+            # The cache keeps only each head's span, so chunks attend over it exactly as one pass would.
+            kwargs["prefill_chunk_size"] = state.prefill_chunk
     return original(*args, **kwargs)
 
 
-def apply_plan(model: Any, plan: Plan, *, implementation: str = "auto") -> Any:
+def apply_plan(
+    model: Any, plan: Plan, *, implementation: str = "auto", prefill_chunk: int | None = PREFILL_CHUNK
+) -> Any:
     """Run ``model`` with ``plan``: register "moa", select it, and make ``generate`` build a MoACache.
 
     Args:
         model: a transformers decoder (Llama, Mistral, Qwen2, Qwen3, ... with AttentionInterface dispatch).
         plan: a `moa_plan.Plan` whose fingerprint matches ``model.config``.
         implementation: "auto", "reference" or "triton" for the attention ops.
+        prefill_chunk: ``generate`` prefills prompts longer than this many tokens in chunks of it
+            (unless the call sets ``prefill_chunk_size`` itself), so that peak memory is the cache
+            plus one chunk's activations instead of the whole prompt's; None prefills in one pass.
+            The result is the same up to float rounding (each chunk attends over the cached spans).
 
     Returns:
         The same model (modified in place).
@@ -204,6 +222,8 @@ def apply_plan(model: Any, plan: Plan, *, implementation: str = "auto") -> Any:
         moa_plan.PlanError: the plan does not fit the model (names the differing field), before any compute.
     """
     check_implementation(implementation)
+    if prefill_chunk is not None and int(prefill_chunk) < 1:
+        raise MoaRuntimeError(f"prefill_chunk must be a positive number of tokens or None, got {prefill_chunk}.")
     if implementation == "triton" and model.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise MoaRuntimeError(f"implementation 'triton' needs the model on CUDA, not {model.device.type}.")
     config = model.config.get_text_config(decoder=True)
@@ -213,7 +233,12 @@ def apply_plan(model: Any, plan: Plan, *, implementation: str = "auto") -> Any:
     if model in _MODELS:
         remove_plan(model)
     register()
-    state = _Applied(plan=plan, implementation=implementation, previous_attn=config._attn_implementation)
+    state = _Applied(
+        plan=plan,
+        implementation=implementation,
+        previous_attn=config._attn_implementation,
+        prefill_chunk=None if prefill_chunk is None else int(prefill_chunk),
+    )
     model.set_attn_implementation(ATTN_NAME)
     if model.config._attn_implementation != ATTN_NAME:
         raise MoaRuntimeError(f"{type(model).__name__} does not dispatch attention through AttentionInterface.")

@@ -52,6 +52,9 @@ class Case:
     warmup_tokens: int = 4
     plan: str | None = None  # a MoA plan file for a real model
     threads: int = 1
+    # generate(prefill_chunk_size=...); None: the method's default (dense: one pass; MoA and uniform:
+    # apply_plan's prefill_chunk, 4096 tokens).
+    prefill_chunk_size: int | None = None
 
 
 def bench_plan(fingerprint: Any, method: str, density: float) -> Any:
@@ -130,7 +133,9 @@ def run_case(case: Case, bandwidth: float) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(3, config.vocab_size, (case.batch, case.length), generator=gen)
     mask = torch.ones_like(ids)
-    kwargs = {"do_sample": False, "pad_token_id": 0, "eos_token_id": None}
+    kwargs: dict[str, Any] = {"do_sample": False, "pad_token_id": 0, "eos_token_id": None}
+    if case.prefill_chunk_size is not None:
+        kwargs["prefill_chunk_size"] = case.prefill_chunk_size
     with torch.inference_mode():
         # Warm-up on a short prompt: allocator, kernels, code paths.
         model.generate(ids[:, :256], attention_mask=mask[:, :256], max_new_tokens=4, **kwargs)
@@ -162,8 +167,25 @@ def run_case(case: Case, bandwidth: float) -> dict[str, Any]:
         "weight_bytes": weights,
         "floor_tok_s": case.batch / floor_s,
         "floor_fraction": floor_s / step_s,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss_bytes(),
     }
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size.
+
+    ``VmHWM`` of /proc/self/status where there is one: ``ru_maxrss`` is inherited through fork and
+    exec on Linux, so in a subprocess it starts at the parent's size (here the benchmark driver
+    after its bandwidth buffers), which hid every peak below that.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _run_in_subprocess(case: Case, bandwidth: float, timeout: float) -> dict[str, Any]:
