@@ -19,6 +19,22 @@ import click
 __all__ = ["measure", "main"]
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident set size in MiB.
+
+    ``VmHWM`` of /proc/self/status where there is one: ``ru_maxrss`` is inherited through fork and
+    exec on Linux, so a subprocess would start from its parent's size.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def measure(
     length: int, *, layers: int, hidden: int, heads: int, kv_heads: int, vocab: int, max_elements: int | None
 ) -> dict:
@@ -48,7 +64,7 @@ def measure(
     base = psutil.Process().memory_info().rss / 2**20
     ids = torch.randint(0, vocab, (length,))
     profile_sample(model, ids, length - 64, length, settings)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mib()
     return {
         "length": length,
         "base_mib": round(base, 1),

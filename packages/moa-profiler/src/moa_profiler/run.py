@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import resource
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from moa_profiler.checkpoint import PartialSums, load_checkpoint, save_checkpoin
 from moa_profiler.dataset import CalibrationSample
 from moa_profiler.distributed import World, all_reduce_sum, barrier
 from moa_profiler.errors import ProfilerError
+from moa_profiler.memory import peak_rss_mib
 from moa_profiler.models import input_device
 from moa_profiler.sample import InfluenceSettings, profile_sample
 
@@ -223,6 +223,6 @@ def _finish(
         sink_share=float(sink.sum()) / total if total > 0 else 0.0,
         median_distance=median,
         seconds=time.perf_counter() - started,
-        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_rss_mib=peak_rss_mib(),
         path=str(out),
     )
