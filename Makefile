@@ -43,8 +43,11 @@ test-slow: setup ## Slow tests (property fuzzing with >= 10,000 cases)
 test-gpu: setup ## GPU tests (needs CUDA)
 	$(BIN)/python -m pytest -q -m gpu; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
-demo: setup ## A short real run on committed data
-	$(BIN)/moa plan show packages/moa-plan/tests/fixtures/moa-original-plans/lmsys--vicuna-7b-v1.5-16k.moa_alpha_beta.json
+DEMO_OUT ?= runs/demo
+demo: setup ## moa compress on the reference model, then dense vs uniform vs MoA retrieval (about 15-20 min on 2 cores)
+	$(BIN)/moa compress --model models/moa-reference --density 0.5,0.25 --lengths 512,1024 \
+		--eval-lengths 512,1024,2048 --eval-samples 40 --out $(DEMO_OUT)
+	@cat $(DEMO_OUT)/report.md
 
 bench: setup ## CPU benchmarks (e2e decode/prefill/memory, optimizer search, profiling cost) into runs/bench
 	$(BIN)/moa bench e2e --out runs/bench

@@ -5,7 +5,8 @@ do not apply: new tokens prefilled on top of an existing cache (multi-turn, chun
 that is not left padding, and models run without a `MoACache`. Each KV head attends over its own key set
 (its cached slots plus the new keys), with the visibility rule of DESIGN.md section 3 evaluated on
 absolute positions: key j is visible to query i iff ``j <= i and (j < sink or i - j < window)``.
-Memory is O(B x G x chunk x keys) per step, never O(HQ x T^2).
+Memory is O(B x chunk x keys) per step (a boolean mask; SDPA's fused kernel does the softmax), never
+O(HQ x T^2).
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 __all__ = ["positional_attention"]
 
-# Score elements per (head, query chunk) matrix.
-_SCORE_BUDGET = 1 << 22
+# Elements of the boolean visibility mask per (head, query chunk).
+_MASK_BUDGET = 1 << 24
 
 
 def positional_attention(
@@ -53,26 +55,44 @@ def positional_attention(
     cdt = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
     out = q.new_zeros(bsz, seqlen, hq, dim)
     for head in range(h):
-        kh = keys[head].to(cdt)
-        vh = values[head].to(cdt)
-        nk = kh.shape[1]
+        nk = keys[head].shape[1]
         if nk == 0:
             continue
-        chunk = max(1, min(seqlen, _SCORE_BUDGET // max(1, bsz * g * nk)))
-        kj = key_pos[head].unsqueeze(1)
-        kv = key_valid[head].unsqueeze(1)
         win = int(windows[head])
+        # Query chunks of a quarter window (at least 256): each attends only to the keys that one of its
+        # rows may see, gathered first, so the work follows the band, not the whole key set.
+        chunk = max(1, min(seqlen, max(256, win // 4), _MASK_BUDGET // max(1, bsz * nk)))
         for c0 in range(0, seqlen, chunk):
             c1 = min(seqlen, c0 + chunk)
-            qh = q[:, head * g : (head + 1) * g, c0:c1].to(cdt) * scale
-            scores = torch.matmul(qh.reshape(bsz, g * (c1 - c0), dim), kh.transpose(1, 2))
-            scores = scores.view(bsz, g, c1 - c0, nk)
-            qi = q_pos[:, c0:c1].unsqueeze(2)
-            visible = kv & q_valid[:, c0:c1].unsqueeze(2) & (kj <= qi) & ((kj < sink) | (qi - kj < win))
-            scores = scores.masked_fill(~visible.unsqueeze(1), float("-inf"))
-            lse = torch.logsumexp(scores, dim=-1, keepdim=True)
-            lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
-            probs = torch.exp(scores - lse)
-            o = torch.matmul(probs.view(bsz, g * (c1 - c0), nk), vh).view(bsz, g, c1 - c0, dim)
+            qv = q_valid[:, c0:c1]
+            if not bool(qv.any()):
+                continue
+            qp = q_pos[:, c0:c1]
+            lo = int(qp[qv].min())
+            hi = int(qp[qv].max())
+            kp = key_pos[head]
+            candidate = key_valid[head] & (kp <= hi) & ((kp < sink) | (kp > lo - win))
+            index = candidate.any(dim=0).nonzero().squeeze(1)
+            if index.numel() == 0:
+                continue
+            kh = keys[head][:, index].to(cdt)
+            vh = values[head][:, index].to(cdt)
+            kj = kp[:, index].unsqueeze(1)
+            qi = qp.unsqueeze(2)
+            visible = (kj <= qi) & ((kj < sink) | (qi - kj < win))
+            visible &= candidate[:, index].unsqueeze(1)
+            visible &= qv.unsqueeze(2)
+            seen = visible.any(dim=-1)
+            # Rows that see nothing would give NaN; let them see key 0 and zero them afterwards.
+            visible[..., 0] |= ~seen
+            n = kh.shape[1]
+            o = F.scaled_dot_product_attention(
+                q[:, head * g : (head + 1) * g, c0:c1].to(cdt),
+                kh.unsqueeze(1).expand(bsz, g, n, dim),
+                vh.unsqueeze(1).expand(bsz, g, n, dim),
+                attn_mask=visible.unsqueeze(1),
+                scale=scale,
+            )
+            o = o * seen.view(bsz, 1, c1 - c0, 1).to(o.dtype)
             out[:, c0:c1, head * g : (head + 1) * g] = o.transpose(1, 2).to(q.dtype)
     return out
