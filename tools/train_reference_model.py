@@ -8,8 +8,8 @@ the next length once answer accuracy at the current one reaches ``--advance`` (0
 
 Example::
 
-    nohup nice -n 10 .venv/bin/python tools/train_reference_model.py --out runs/ref \\
-        --minutes 75 > /tmp/train.log 2>&1 &
+    nohup .venv/bin/python tools/train_reference_model.py --out runs/ref2 --minutes 68 --eval-every 500 \
+        > /tmp/train.log 2>&1 &
 
 Re-running the same command resumes from ``<out>/checkpoint.pt`` (written atomically every
 ``--checkpoint-minutes``). The final model is saved in Hugging Face format to ``<out>/model``.
@@ -141,6 +141,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=2048)
     p.add_argument("--minutes", type=float, default=75.0, help="wall-clock training budget")
     p.add_argument("--max-steps", type=int, default=1_000_000)
+    p.add_argument("--decay", type=float, default=0.2, help="share of --minutes at the end with a linear lr decay")
     p.add_argument("--checkpoint-minutes", type=float, default=3.0)
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--threads", type=int, default=2)
@@ -207,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         ids, w, kind = (
             torch.from_numpy(x) for x in batch(builder, rng, length, max(1, args.tokens_per_step // length), MIX)
         )
-        lr = args.lr * min(1.0, (state["step"] + 1) / 100)
+        # Warm-up over 100 steps; linear decay to 5% over the last --decay share of the time budget.
+        left = 1.0 - (time.time() - start) / (args.minutes * 60)
+        lr = args.lr * min(1.0, (state["step"] + 1) / 100, max(0.05, left / args.decay) if args.decay > 0 else 1.0)
         for group in opt.param_groups:
             group["lr"] = lr
         loss, stats = step_loss(model, ids, w, kind)
