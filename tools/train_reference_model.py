@@ -103,6 +103,12 @@ def save_atomic(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def save_checkpoint(path: Path, model, opt, state: dict, args: argparse.Namespace) -> None:
+    """Model, optimizer, curriculum state and arguments, written atomically."""
+    args_dict = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "state": state, "args": args_dict}, path)
+
+
 @torch.no_grad()
 def quick_eval(model, tokenizer, length: int, n: int, seed: int) -> dict[str, float]:
     """Greedy accuracy on chat-formatted lines and passkey prompts of ``length`` tokens.
@@ -251,26 +257,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             log.info("eval step %d: %s", state["step"], json.dumps(res))
         if now - last_ckpt > args.checkpoint_minutes * 60:
-            save_atomic(
-                {
-                    "model": model.state_dict(),
-                    "opt": opt.state_dict(),
-                    "state": state,
-                    "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                },
-                ckpt,
-            )
+            save_checkpoint(ckpt, model, opt, state, args)
             last_ckpt = now
     bar.close()
-    save_atomic(
-        {
-            "model": model.state_dict(),
-            "opt": opt.state_dict(),
-            "state": state,
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        },
-        ckpt,
-    )
+    save_checkpoint(ckpt, model, opt, state, args)
     export(model, tokenizer, args.out / "model", state)
     return 0
 

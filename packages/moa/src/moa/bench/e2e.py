@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -122,6 +121,7 @@ def run_case(case: Case, bandwidth: float) -> dict[str, Any]:
     import torch
 
     from moa_plan import ModelFingerprint, Plan
+    from moa_profiler.memory import peak_rss_mib
 
     model, config = _load_model(case)
     if case.method != "dense":
@@ -167,25 +167,9 @@ def run_case(case: Case, bandwidth: float) -> dict[str, Any]:
         "weight_bytes": weights,
         "floor_tok_s": case.batch / floor_s,
         "floor_fraction": floor_s / step_s,
-        "peak_rss_bytes": peak_rss_bytes(),
+        # VmHWM, not ru_maxrss: ru_maxrss is inherited from this driver through fork + exec.
+        "peak_rss_bytes": int(peak_rss_mib() * 2**20),
     }
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size.
-
-    ``VmHWM`` of /proc/self/status where there is one: ``ru_maxrss`` is inherited through fork and
-    exec on Linux, so in a subprocess it starts at the parent's size (here the benchmark driver
-    after its bandwidth buffers), which hid every peak below that.
-    """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _run_in_subprocess(case: Case, bandwidth: float, timeout: float) -> dict[str, Any]:
