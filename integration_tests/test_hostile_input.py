@@ -132,6 +132,11 @@ CASES: list[tuple[str, Builder, str]] = [
         "uniform:FRACTION",
     ),
     (
+        "eval-head-probe-out-of-range",
+        lambda m, t: ["eval", "retrieval", "--model", str(m), "--plan", "head:99.0", "--out", str(t / "o")],
+        "not a KV head of this model",
+    ),
+    (
         "validate-plan-dir-empty",
         lambda m, t: [
             "validate",

@@ -40,7 +40,15 @@ def test_compress_writes_a_plan_within_budget(compressed: Path, reference_model:
         "--lengths", "256,512,1024")  # fmt: skip
     manifest = json.loads((compressed / "manifest.json").read_text())
     assert set(manifest["stages"]) == {"calibrate", "validation-data", "profile", "optimize", "validate"}
-    assert (compressed / "report.md").read_text().startswith("# moa compress report")
+    report = (compressed / "report.md").read_text()
+    assert report.startswith("# moa compress report")
+    # The per-layer-only ablation: same budget, one rule shared by all heads of each layer.
+    layer = Plan.load(compressed / "d0.5" / "layer" / "plan.json")
+    for n in (256, 512, 1024):
+        assert 0.45 - 1e-9 <= layer.density(n) <= 0.5 + 1e-9
+        spans = layer.spans(n)
+        assert (spans == spans[:, :1]).all(), spans
+    assert "0.5 per-layer only" in report and "d0.5/layer/plan.json" in report
 
 
 def test_rerun_skips_every_stage(compressed: Path, reference_model: Path, moa_cli) -> None:  # type: ignore[no-untyped-def]
@@ -121,6 +129,10 @@ def test_bad_inputs_exit_2_with_one_sentence(reference_model: Path, tmp_path: Pa
         (["compress", "--model", tmp_path / "missing", *COMPRESS, "--out", tmp_path / "o1"], "not a model directory"),
         (["compress", "--model", reference_model, *COMPRESS[2:], "--density", "0.01", "--out", tmp_path / "o2"],
          "stage optimize failed"),
+        (["compress", "--model", reference_model, *COMPRESS, "--task", "rewrite,lines", "--eval-lengths", "512",
+          "--out", tmp_path / "o4"], "also an evaluation task"),
+        (["compress", "--model", reference_model, *COMPRESS, "--task", "nosuch", "--out", tmp_path / "o5"],
+         "stage calibrate failed"),
         (["validate", "--model", reference_model, "--plans", tmp_path / "none", "--data", tmp_path / "x.parquet",
           "--out", tmp_path / "o3"], "no such plan file or directory"),
     ]  # fmt: skip

@@ -50,6 +50,25 @@ MIX = {
 }
 
 
+def parse_mix(text: str) -> dict[str, float]:
+    """``task=share,...`` over the default mix; shares are renormalised to sum to 1."""
+    mix = dict(MIX)
+    for item in filter(None, text.split(",")):
+        name, _, share = item.partition("=")
+        if name not in MIX:
+            raise argparse.ArgumentTypeError(f"unknown task {name!r} (known: {', '.join(MIX)})")
+        try:
+            mix[name] = float(share)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"share of {name!r} is not a number: {share!r}") from None
+        if mix[name] < 0:
+            raise argparse.ArgumentTypeError(f"share of {name!r} is negative")
+    total = sum(mix.values())
+    if total <= 0:
+        raise argparse.ArgumentTypeError("the task shares sum to zero")
+    return {k: v / total for k, v in mix.items()}
+
+
 def make_model(tokenizer, args: argparse.Namespace) -> LlamaForCausalLM:
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -157,6 +176,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=8.0,
         help="q/k bias amplitude that makes layer 0, KV head 0 a previous-token head (0: off)",
     )
+    p.add_argument(
+        "--mix",
+        type=parse_mix,
+        default=dict(MIX),
+        help="task shares, e.g. lines=0.2,multikey=0.3 (unnamed tasks keep their default share; renormalised)",
+    )
     p.add_argument("--export-only", action="store_true", help="export <out>/checkpoint.pt to <out>/model and exit")
     return p.parse_args(argv)
 
@@ -212,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         stage = top if rng.random() < 0.7 or top == 0 else int(rng.integers(0, top))
         length = stages[stage]
         ids, w, kind = (
-            torch.from_numpy(x) for x in batch(builder, rng, length, max(1, args.tokens_per_step // length), MIX)
+            torch.from_numpy(x) for x in batch(builder, rng, length, max(1, args.tokens_per_step // length), args.mix)
         )
         # Warm-up over 100 steps; linear decay to 5% over the last --decay share of the time budget.
         left = 1.0 - (time.time() - start) / (args.minutes * 60)

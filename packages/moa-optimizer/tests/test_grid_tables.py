@@ -17,11 +17,19 @@ from moa_optimizer import (
 )
 
 
-def test_default_grid_matches_original_48_rules():
+def test_default_grid_is_the_original_48_rules_plus_the_cheapest():
     # The original MoA: profiled 2k/4k/8k, 16k constrained -> 48 rules; alpha -2048 never survives
     # and the negative-alpha rules are (-1024, beta) for beta in 5/8 .. 1 (research notes 3.2).
+    # Ours adds one rule, (S + B, 0): the sink and one block (128 tokens) at every length, first in order.
     grid = make_grid([2048, 4096, 8192, 16384], [2048, 4096, 8192])
-    assert len(grid) == 48
+    assert len(grid) == 49
+    assert (grid.alphas[0], grid.betas[0]) == (128.0, 0.0)
+    assert grid.spans([2048, 16384])[:, 0].tolist() == [128, 128]
+    original = make_grid([2048, 4096, 8192, 16384], [2048, 4096, 8192], betas=[i / 8 for i in range(9)])
+    assert len(original) == 48
+    assert sorted(zip(grid.alphas[1:].tolist(), grid.betas[1:].tolist(), strict=True)) == sorted(
+        zip(original.alphas.tolist(), original.betas.tolist(), strict=True)
+    )
     assert -2048 not in grid.alphas
     assert sorted(grid.betas[grid.alphas < 0].tolist()) == [0.625, 0.75, 0.875, 1.0]
     for a, b in zip(grid.alphas, grid.betas, strict=True):
@@ -31,7 +39,7 @@ def test_default_grid_matches_original_48_rules():
     spans16k = grid.spans([16384])[0]
     assert (np.diff(spans16k) >= 0).all()
     text = format_rule_table(grid, [2048, 16384])
-    assert len(text.splitlines()) == 49
+    assert len(text.splitlines()) == 50
     assert "span@16384" in text
 
 

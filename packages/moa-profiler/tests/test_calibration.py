@@ -118,3 +118,21 @@ def test_parquet_records(tmp_path: Path):
     pl.DataFrame({"context": []}, schema={"context": pl.String}).write_parquet(tmp_path / "empty.parquet")
     with pytest.raises(CalibrationError, match="no records"):
         load_records(tmp_path / "empty.parquet")
+
+
+def test_mixed_task_records_draw_each_task_per_length():
+    from moa_plan import MoaError
+    from moa_profiler.records import task_records
+
+    def words(text: str) -> int:
+        return len(text.split())
+
+    records = task_records("rewrite, multikey", [300, 600], 3, count_tokens=words, overhead=10, seed=4)
+    assert [r.task for r in records] == ["rewrite"] * 3 + ["multikey"] * 3 + ["rewrite"] * 3 + ["multikey"] * 3
+    # Each one is the single-task draw (same seed per length), so mixing changes no record.
+    alone = task_records("multikey", [300, 600], 3, count_tokens=words, overhead=10, seed=4)
+    assert [r for r in records if r.task == "multikey"] == alone
+    with pytest.raises(CalibrationError, match="no task"):
+        task_records(" , ", [300], 1, count_tokens=words, overhead=0)
+    with pytest.raises(MoaError, match="nosuch"):
+        task_records("rewrite,nosuch", [300], 1, count_tokens=words, overhead=0)

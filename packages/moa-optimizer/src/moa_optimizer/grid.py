@@ -1,7 +1,8 @@
 """The rule grid: candidate elastic rules ``(alpha, beta)`` for the optimizer.
 
 The default follows the original MoA (alphas from ``-min length`` to the longest profiled
-length in steps, betas 0..1 in eighths) scaled to the lengths at hand, then filtered so every
+length in steps, betas 0..1 in eighths) scaled to the lengths at hand, plus the cheapest rule
+(``alpha = S + B``, ``beta = 0``: the sink and one block at every length), then filtered so every
 rule is valid at every constrained length (``alpha + beta * N > 0`` everywhere and
 ``<= N`` from the longest profiled length on; shorter lengths may clip to N), deduplicated (two
 rules with the same span at every constrained length are one rule for the optimizer) and
@@ -111,6 +112,11 @@ def make_grid(
     if b_values.size == 0 or a_values.size == 0 or ((b_values < 0) | (b_values > 1)).any():
         raise OptimizerError("the rule grid needs at least one alpha and betas within [0, 1]")
     a, b = (x.ravel().astype(np.float64) for x in np.meshgrid(a_values, b_values, indexing="ij"))
+    if alphas is None and betas is None:
+        # The original's cheapest rule costs about 1/8 of a head at the longest profiled length;
+        # add the cheapest possible one (the sink and one block at every length), so a budget can
+        # cut a purely local head to the bone instead of spending it there.
+        a, b = np.append(a, float(sink + block)), np.append(b, 0.0)
     n = np.asarray(sorted(set(constrained)), dtype=np.float64)[:, None]
     raw = a[None, :] + b[None, :] * n
     # Positive at every length; not wider than N from the longest profiled length on (shorter

@@ -108,9 +108,12 @@ def _calibration_inputs(
 @cli.command("calibrate")
 @click.option("--model", "model_path", required=True, type=click.Path(path_type=Path), help="Local model directory.")
 @click.option("--records", type=click.Path(path_type=Path), help="Records file (.jsonl or .parquet).")
-@click.option("--task", help="Synthetic task of moa_plan.tasks instead of --records (e.g. lines, passkey).")
 @click.option(
-    "--num-samples", type=click.IntRange(min=1), default=8, show_default=True, help="Per length, with --task."
+    "--task",
+    help="Synthetic task(s) of moa_plan.tasks instead of --records, comma-separated (e.g. rewrite,multikey).",
+)
+@click.option(
+    "--num-samples", type=click.IntRange(min=1), default=8, show_default=True, help="Per length and task, with --task."
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --task records.")
 @click.option("--lengths", type=LengthList(), default="512,1024,2048", show_default=True, help="Exact sample lengths.")

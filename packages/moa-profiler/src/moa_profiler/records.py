@@ -68,7 +68,10 @@ def task_records(
     overhead: int,
     seed: int = 0,
 ) -> list[Record]:
-    """Records of a synthetic task, ``per_length`` for each target prompt length.
+    """Records of synthetic tasks, ``per_length`` of each task for each target prompt length.
+
+    ``task`` is one name of ``moa_plan.tasks`` or several, comma-separated (a mixed calibration
+    set: each task adds ``per_length`` records per length).
 
     Raises:
         CalibrationError: if moa_plan has no task generators.
@@ -79,11 +82,20 @@ def task_records(
         raise CalibrationError(
             "this moa-plan has no synthetic tasks (moa_plan.tasks); pass --records instead"
         ) from None
+    names = [t.strip() for t in task.split(",") if t.strip()]
+    if not names:
+        raise CalibrationError("no task named")
     out: list[Record] = []
     for index, length in enumerate(lengths):
-        out.extend(
-            tasks.generate(
-                task, per_length, target_length=length, count_tokens=count_tokens, seed=seed + index, overhead=overhead
+        for name in names:
+            out.extend(
+                tasks.generate(
+                    name,
+                    per_length,
+                    target_length=length,
+                    count_tokens=count_tokens,
+                    seed=seed + index,
+                    overhead=overhead,
+                )
             )
-        )
     return out

@@ -31,7 +31,8 @@ def eval_group() -> None:
     multiple=True,
     default=["dense"],
     show_default=True,
-    help="dense | uniform:FRACTION | [NAME=]PLAN.json; repeatable.",
+    help="dense | uniform:FRACTION | head:LAYER.KV_HEAD (that KV head dense, the others sink + one block) "
+    "| heads (one such probe per KV head) | [NAME=]PLAN.json; repeatable.",
 )
 @click.option("--tasks", default="lines,passkey", show_default=True)
 @click.option("--lengths", type=LengthList(), default="512,1024,2048", show_default=True)
@@ -91,11 +92,15 @@ def retrieval(
 @click.option("--plan", "plans", multiple=True, default=["dense"], show_default=True)
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Calibration-format Parquet.")
 @click.option("--max-samples", type=click.IntRange(min=1))
+@click.option("--out", type=click.Path(path_type=Path), help="Also write ppl.parquet and ppl.md here.")
 @click.option("--json", "as_json", is_flag=True)
-def ppl(model_path: Path, plans: tuple[str, ...], data: Path, max_samples: int | None, as_json: bool) -> None:
+def ppl(
+    model_path: Path, plans: tuple[str, ...], data: Path, max_samples: int | None, out: Path | None, as_json: bool
+) -> None:
     """Perplexity on the answer tokens of a calibration-format dataset, per plan."""
     import math
 
+    from moa.bench.report import markdown_table, write_parquet
     from moa.evaluate import answer_loss, load_model, parse_plan_specs, using_plan
     from moa_profiler import read_calibration
 
@@ -107,11 +112,66 @@ def ppl(model_path: Path, plans: tuple[str, ...], data: Path, max_samples: int |
         with using_plan(model, spec.plan):
             loss = answer_loss(model, samples)
         rows.append({"plan": spec.name, "loss": loss, "ppl": math.exp(loss), "samples": len(samples)})
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_parquet(rows, out / "ppl.parquet")
+        atomic_write_text(out / "ppl.md", markdown_table(rows, ["plan", "loss", "ppl", "samples"]))
     if as_json:
         click.echo(json.dumps(rows))
         return
     for r in rows:
         click.echo(f"{r['plan']:>20}  loss {r['loss']:.4f}  ppl {r['ppl']:.3f}")
+
+
+@eval_group.command("task")
+@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path), help="Model directory.")
+@click.option(
+    "--plan", "plans", multiple=True, default=["dense"], show_default=True, help="As for `moa eval retrieval`."
+)
+@click.option(
+    "--records",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Records with reference answers (.jsonl moa_plan records, or Parquet with context/question/answer).",
+)
+@click.option("--max-samples", type=click.IntRange(min=1), help="Evaluate only the first N records.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
+@click.option("--json", "as_json", is_flag=True)
+def task(
+    model_path: Path,
+    plans: tuple[str, ...],
+    records: Path,
+    max_samples: int | None,
+    max_new_tokens: int,
+    batch_size: int,
+    out: Path,
+    as_json: bool,
+) -> None:
+    """Greedy answers to a records file, per plan: exact match, contains and word F1 by task."""
+    from moa.bench.report import markdown_table, write_parquet
+    from moa.evaluate import load_model, parse_plan_specs, task_eval, task_summary
+    from moa_profiler.records import load_records
+
+    recs = load_records(records)[:max_samples]
+    model, tokenizer = load_model(model_path)
+    specs = parse_plan_specs(plans, ModelFingerprint.from_config(model.config))
+    rows = task_eval(
+        model, tokenizer, specs, recs, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=_echo_err
+    )
+    summary = task_summary(rows)
+    table = markdown_table(
+        summary, ["task", "plan", "exact", "contains", "f1", "records", "prompt_tokens", "kv_density"]
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    write_parquet(rows, out / "answers.parquet")
+    write_parquet(summary, out / "task.parquet")
+    atomic_write_text(out / "task.md", table)
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    click.echo(table)
 
 
 @click.command("validate")
@@ -155,7 +215,12 @@ def validate(
 @click.option("--lengths", type=LengthList(), default="512,1024", show_default=True, help="Profiled lengths.")
 @click.option("--extend", default="2x", show_default=True, help="Also constrain density at this multiple (or length).")
 @click.option("--validate-length", type=int, help="Unseen validation length (default: 1.5x the longest profiled).")
-@click.option("--task", default="rewrite", show_default=True, help="Calibration task (not an evaluation task).")
+@click.option(
+    "--task",
+    default="rewrite",
+    show_default=True,
+    help="Calibration task(s) of moa_plan.tasks, comma-separated; not an evaluation task (lines, passkey).",
+)
 @click.option(
     "--samples", type=click.IntRange(min=1), default=8, show_default=True, help="Calibration samples per length."
 )
@@ -166,6 +231,12 @@ def validate(
 @click.option("--eval-samples", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--sink", type=click.IntRange(min=0), default=64, show_default=True, help="Sink tokens S of the plans.")
 @click.option("--block", type=click.IntRange(min=1), default=64, show_default=True, help="Block size B of the plans.")
+@click.option(
+    "--layer-baseline/--no-layer-baseline",
+    default=True,
+    show_default=True,
+    help="Also solve, validate and evaluate per-layer-only plans (one rule per layer) at each budget.",
+)
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 def compress(
     model_path: Path,
@@ -182,6 +253,7 @@ def compress(
     eval_samples: int,
     sink: int,
     block: int,
+    layer_baseline: bool,
     out: Path,
 ) -> None:
     """calibrate -> profile -> optimize -> validate (-> evaluate) in one resumable command."""
@@ -208,6 +280,7 @@ def compress(
         eval_samples=eval_samples,
         sink=sink,
         block=block,
+        layer_baseline=layer_baseline,
         out=out,
     )
     result: dict[str, Any] = run_compress(settings, echo=_echo_err)

@@ -24,6 +24,8 @@ __all__ = [
     "load_model",
     "parse_plan_specs",
     "retrieval_eval",
+    "task_eval",
+    "task_summary",
     "using_plan",
 ]
 
@@ -39,17 +41,20 @@ class PlanSpec:
 
 
 def parse_plan_specs(specs: Sequence[str], fingerprint: ModelFingerprint) -> list[PlanSpec]:
-    """Plans from ``dense``, ``uniform:F`` or ``NAME=PATH`` / ``PATH`` specs.
+    """Plans from ``dense``, ``uniform:F``, ``head:L.H``, ``heads`` or ``NAME=PATH`` / ``PATH`` specs.
 
-    Uniform plans take the sink and block size of the first plan file given, so every plan is
-    compared with the same sink and rounding.
+    ``head:L.H`` is a one-head probe: KV head H of layer L keeps every token, every other head
+    only the sink and one block; ``heads`` is one probe per KV head. A task that still scores
+    well under ``head:L.H`` needs no other head's long range, which is how to find out which
+    heads a budget must keep whole. Uniform and probe plans take the sink and block size of the
+    first plan file given, so every plan is compared with the same sink and rounding.
 
     Raises:
         MoaError: for a malformed spec or a plan that does not fit the model.
     """
     loaded: dict[str, Plan] = {}
     for spec in specs:
-        if spec != "dense" and not spec.startswith("uniform:"):
+        if spec not in ("dense", "heads") and not spec.startswith(("uniform:", "head:")):
             plan = Plan.load(spec.rpartition("=")[2])
             plan.check_compatible(fingerprint)
             loaded[spec] = plan
@@ -65,6 +70,17 @@ def parse_plan_specs(specs: Sequence[str], fingerprint: ModelFingerprint) -> lis
             except ValueError:
                 raise MoaError(f"plan spec {spec!r}: expected uniform:FRACTION with a number") from None
             out.append(PlanSpec(f"uniform-{fraction:g}", Plan.uniform(fingerprint, fraction, sink=sink, block=block)))
+        elif spec == "heads":
+            out += [
+                _head_probe(fingerprint, layer, head, sink, block)
+                for layer in range(fingerprint.num_layers)
+                for head in range(fingerprint.num_key_value_heads)
+            ]
+        elif spec.startswith("head:"):
+            layer, _, head = spec.split(":", 1)[1].partition(".")
+            if not (layer.isdigit() and head.isdigit()):
+                raise MoaError(f"plan spec {spec!r}: expected head:LAYER.KV_HEAD, e.g. head:1.0")
+            out.append(_head_probe(fingerprint, int(layer), int(head), sink, block))
         else:
             name, _, path = spec.rpartition("=")
             out.append(PlanSpec(name or Path(path).stem, loaded[spec]))
@@ -72,6 +88,17 @@ def parse_plan_specs(specs: Sequence[str], fingerprint: ModelFingerprint) -> lis
     if len(set(names)) != len(names):
         raise MoaError(f"plan names must differ, got {names}; name them NAME=PATH")
     return out
+
+
+def _head_probe(fingerprint: ModelFingerprint, layer: int, head: int, sink: int, block: int) -> PlanSpec:
+    """KV head ``(layer, head)`` dense, every other head the sink and one block."""
+    shape = (fingerprint.num_layers, fingerprint.num_key_value_heads)
+    if not (layer < shape[0] and head < shape[1]):
+        raise MoaError(f"head:{layer}.{head} is not a KV head of this model ({shape[0]} layers x {shape[1]} KV heads)")
+    alpha, beta = np.full(shape, float(block)), np.zeros(shape)
+    alpha[layer, head], beta[layer, head] = 0.0, 1.0
+    plan = Plan.from_arrays(fingerprint, alpha, beta, sink=sink, block=block)
+    return PlanSpec(f"head-{layer}.{head}", plan)
 
 
 def load_model(path: str | Path, dtype: str = "float32") -> tuple[Any, Any]:
@@ -203,6 +230,107 @@ def retrieval_eval(
                         }
                     )
     return rows
+
+
+def _token_f1(prediction: str, reference: str) -> float:
+    """Word-overlap F1 (SQuAD-style, case-folded, whitespace-split)."""
+    from collections import Counter
+
+    pred, ref = prediction.lower().split(), reference.lower().split()
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if not pred or not ref or common == 0:
+        return float(pred == ref)
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def task_eval(
+    model: Any,
+    tokenizer: Any,
+    plans: Sequence[PlanSpec],
+    records: Sequence[Any],
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 8,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Greedy answers of each plan to records of any task, scored against their reference answers.
+
+    The prompt is ``context`` + newline + ``question`` as one user turn of the model's chat
+    template (plain text if it has none). Scores per answer: ``exact`` (whitespace-normalised
+    equality), ``contains`` (the reference appears in the answer) and word-overlap ``f1``.
+
+    Returns:
+        One row per (plan, record): ``plan, index, task, prompt_tokens, answer, reference,
+        exact, contains, f1, kv_density``.
+
+    Raises:
+        MoaError: if a record has no reference answer or there are no records.
+    """
+    if not records:
+        raise MoaError("no records to evaluate")
+    for number, record in enumerate(records, start=1):
+        if not (record.answer or "").strip():
+            raise MoaError(f"record {number} ({record.task}) has no reference answer to score against")
+    if getattr(tokenizer, "chat_template", None):
+        prompts = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": f"{r.context}\n{r.question}".rstrip()}],
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+            for r in records
+        ]
+    else:
+        prompts = [f"{r.context}\n{r.question}".rstrip() for r in records]
+    lengths = [len(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
+    # Similar lengths share a batch (less padding); rows keep the records' order.
+    order = sorted(range(len(prompts)), key=lengths.__getitem__)
+    rows = []
+    for spec in plans:
+        if progress is not None:
+            progress(f"{spec.name}: {len(records)} records")
+        with using_plan(model, spec.plan):
+            answers = _greedy(model, tokenizer, [prompts[i] for i in order], max_new_tokens, batch_size)
+        by_index = dict(zip(order, answers, strict=True))
+        for i, record in enumerate(records):
+            answer, reference = " ".join(by_index[i].split()), " ".join((record.answer or "").split())
+            n_total = lengths[i] + max_new_tokens
+            rows.append(
+                {
+                    "plan": spec.name,
+                    "index": i,
+                    "task": record.task,
+                    "prompt_tokens": lengths[i],
+                    "answer": answer,
+                    "reference": reference,
+                    "exact": float(answer == reference),
+                    "contains": float(reference in answer),
+                    "f1": _token_f1(answer, reference),
+                    "kv_density": 1.0 if spec.plan is None else spec.plan.density(n_total),
+                }
+            )
+    return rows
+
+
+def task_summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (task, plan): mean exact / contains / F1, records, mean prompt tokens and KV density."""
+    cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        cells.setdefault((r["task"], r["plan"]), []).append(r)
+    return [
+        {
+            "task": task,
+            "plan": plan,
+            "exact": float(np.mean([g["exact"] for g in group])),
+            "contains": float(np.mean([g["contains"] for g in group])),
+            "f1": float(np.mean([g["f1"] for g in group])),
+            "records": len(group),
+            "prompt_tokens": float(np.mean([g["prompt_tokens"] for g in group])),
+            "kv_density": float(np.mean([g["kv_density"] for g in group])),
+        }
+        for (task, plan), group in cells.items()
+    ]
 
 
 def _first_answer(answer: str, record: Any) -> str:

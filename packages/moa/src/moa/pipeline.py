@@ -21,6 +21,9 @@ from moa_plan import MoaError, Plan, atomic_write_text
 
 __all__ = ["CompressSettings", "run_compress"]
 
+# The tasks `moa eval retrieval` scores in the report; calibrating on them would grade the plans
+# on their own training data.
+EVAL_TASKS = ("lines", "passkey")
 STAGES = ["calibrate", "validation-data", "profile", "optimize", "validate", "evaluate"]
 
 
@@ -43,6 +46,9 @@ class CompressSettings:
     eval_samples: int = 20
     sink: int = 64
     block: int = 64
+    # Also solve the per-layer-only ablation (one rule shared by all heads of a layer) at each
+    # budget, validate it the same way and put it in the evaluation beside MoA.
+    layer_baseline: bool = True
 
     @property
     def val_length(self) -> int:
@@ -92,6 +98,15 @@ def _check_inputs(s: CompressSettings) -> None:
         raise MoaError(f"densities must lie in (0, 1], got {list(s.densities)}")
     if not s.lengths or min(s.lengths) < 2:
         raise MoaError(f"profiled lengths must be >= 2 tokens, got {list(s.lengths)}")
+    tasks = [t for t in s.task.split(",") if t]
+    if not tasks:
+        raise MoaError("no calibration task given (--task)")
+    clash = sorted(set(tasks) & set(EVAL_TASKS))
+    if s.eval_lengths and clash:
+        raise MoaError(
+            f"calibration task {clash[0]!r} is also an evaluation task; calibrate on another family "
+            f"(e.g. rewrite) so the report does not grade plans on their own calibration data"
+        )
 
 
 def run_compress(s: CompressSettings, echo: Callable[[str], None] = print) -> dict[str, Any]:
@@ -175,36 +190,44 @@ def run_compress(s: CompressSettings, echo: Callable[[str], None] = print) -> di
         echo,
     )
 
+    variants = [("", None), *([("layer", 1)] if s.layer_baseline else [])]
+
+    def plan_dir(d: float, variant: str) -> Path:
+        return out / _tag(d) / variant if variant else out / _tag(d)
+
     def optimize() -> None:
         for d in s.densities:
-            _moa(
-                [
+            for variant, max_rules in variants:
+                _moa(
+                    [
+                        "optimize",
+                        "--profiles",
+                        *profile_files,
+                        "--density",
+                        d,
+                        "--extend",
+                        s.extend,
+                        "--time-limit",
+                        s.time_limit,
+                        "--optimizer",
+                        s.optimizer,
+                        *(["--max-rules-per-layer", max_rules] if max_rules else []),
+                        # One solver thread: multi-threaded CP-SAT may return another of several equal-loss
+                        # plans, and a resumed pipeline must reproduce the plan of an uninterrupted one.
+                        "--threads",
+                        1,
+                        "--out",
+                        plan_dir(d, variant) / "plans",
+                    ],
                     "optimize",
-                    "--profiles",
-                    *profile_files,
-                    "--density",
-                    d,
-                    "--extend",
-                    s.extend,
-                    "--time-limit",
-                    s.time_limit,
-                    "--optimizer",
-                    s.optimizer,
-                    # One solver thread: multi-threaded CP-SAT may return another of several equal-loss
-                    # plans, and a resumed pipeline must reproduce the plan of an uninterrupted one.
-                    "--threads",
-                    1,
-                    "--out",
-                    out / _tag(d) / "plans",
-                ],
-                "optimize",
-                echo,
-            )
+                    echo,
+                )
 
-    summaries = [out / _tag(d) / "plans" / "summary.parquet" for d in s.densities]
+    summaries = [plan_dir(d, v) / "plans" / "summary.parquet" for d in s.densities for v, _ in variants]
     _stage(manifest, "optimize", common, profile_files, summaries, optimize, echo)
 
     finals = [out / _tag(d) / "plan.json" for d in s.densities]
+    validated = [plan_dir(d, v) / "plan.json" for d in s.densities for v, _ in variants]
 
     def validate() -> dict[str, Any]:
         from moa.bench.report import markdown_table, write_parquet
@@ -214,19 +237,19 @@ def run_compress(s: CompressSettings, echo: Callable[[str], None] = print) -> di
         model, _ = load_model(s.model)
         result = {}
         for d in s.densities:
-            rows = validate_plans(
-                model, collect_plans([out / _tag(d) / "plans"]), valdata, out / _tag(d), progress=echo
-            )
-            write_parquet(rows, out / _tag(d) / "validation.parquet")
-            atomic_write_text(
-                out / _tag(d) / "validation.md",
-                markdown_table(rows, ["plan", "loss", "density_at_length", "length", "samples", "best"]),
-            )
-            result[_tag(d)] = rows[0]["plan"]
+            for variant, _ in variants:
+                where = plan_dir(d, variant)
+                rows = validate_plans(model, collect_plans([where / "plans"]), valdata, where, progress=echo)
+                write_parquet(rows, where / "validation.parquet")
+                atomic_write_text(
+                    where / "validation.md",
+                    markdown_table(rows, ["plan", "loss", "density_at_length", "length", "samples", "best"]),
+                )
+                result["/".join(filter(None, (_tag(d), variant)))] = rows[0]["plan"]
         return result
 
-    plan_inputs = [out / _tag(d) / "plans" for d in s.densities]
-    _stage(manifest, "validate", common, [s.model, valdata, *plan_inputs], finals, validate, echo)
+    plan_inputs = [plan_dir(d, v) / "plans" for d in s.densities for v, _ in variants]
+    _stage(manifest, "validate", common, [s.model, valdata, *plan_inputs], validated, validate, echo)
 
     eval_table = ""
     if s.eval_lengths:
@@ -236,6 +259,8 @@ def run_compress(s: CompressSettings, echo: Callable[[str], None] = print) -> di
             specs = ["dense"]
             for d in s.densities:
                 specs += [f"uniform:{d:g}", f"moa-{d:g}={out / _tag(d) / 'plan.json'}"]
+                if s.layer_baseline:
+                    specs.append(f"layer-{d:g}={plan_dir(d, 'layer') / 'plan.json'}")
             args = [
                 "eval",
                 "retrieval",
@@ -252,10 +277,10 @@ def run_compress(s: CompressSettings, echo: Callable[[str], None] = print) -> di
                 args += ["--plan", spec]
             _moa(args, "evaluate", echo)
 
-        _stage(manifest, "evaluate", common, [s.model, *finals], [eval_dir / "retrieval.md"], evaluate, echo)
+        _stage(manifest, "evaluate", common, [s.model, *validated], [eval_dir / "retrieval.md"], evaluate, echo)
         eval_table = (eval_dir / "retrieval.md").read_text()
 
-    report = _report(s, finals, eval_table)
+    report = _report(s, validated, eval_table)
     atomic_write_text(out / "report.md", report)
     return {"plans": [str(p) for p in finals], "plan": str(finals[0]), "report": report}
 
@@ -265,7 +290,7 @@ def _report(s: CompressSettings, finals: Sequence[Path], eval_table: str) -> str
         f"# moa compress report: {s.model}",
         "",
         f"Profiled lengths {list(s.lengths)}, validation at {s.val_length}, calibration task `{s.task}` "
-        f"({s.samples} samples per length), optimizer `{s.optimizer}`, extend {s.extend}.",
+        f"({s.samples} samples per length and task), optimizer `{s.optimizer}`, extend {s.extend}.",
         "",
     ]
     check = sorted({*s.lengths, s.val_length, *(s.eval_lengths or ())})
@@ -273,20 +298,25 @@ def _report(s: CompressSettings, finals: Sequence[Path], eval_table: str) -> str
         "| budget | final plan | " + " | ".join(f"KV density @{n}" for n in check) + " |",
         "| --- | --- | " + " | ".join("---" for _ in check) + " |",
     ]
-    for d, path in zip(s.densities, finals, strict=True):
+    for path in finals:
         plan = Plan.load(path)
+        kind = "per-layer only" if path.parent.name == "layer" else "MoA"
+        budget = (path.parent.parent if kind != "MoA" else path.parent).name.removeprefix("d")
         lines.append(
-            f"| {d:g} | `{path.relative_to(s.out)}` | " + " | ".join(f"{plan.density(n):.3f}" for n in check) + " |"
+            f"| {budget} {kind} | `{path.relative_to(s.out)}` | "
+            + " | ".join(f"{plan.density(n):.3f}" for n in check)
+            + " |"
         )
     lines += [
         "",
         "Pareto fronts and span heatmaps: `d*/plans/pareto.png`, `d*/plans/heatmap_*.png`; validation "
-        "tables: `d*/validation.md`.",
+        "tables: `d*/validation.md`. The per-layer-only plans (`d*/layer/`, one rule shared by every head of a "
+        "layer) are the ablation that shows what per-head spans add.",
     ]
     if eval_table:
         lines += [
             "",
-            "## Retrieval accuracy (dense vs uniform vs MoA)",
+            "## Retrieval accuracy (dense vs uniform vs per-layer only vs MoA)",
             "",
             eval_table,
             "Heatmaps: `eval/retrieval-*.png`.",

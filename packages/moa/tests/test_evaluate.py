@@ -1,0 +1,53 @@
+"""Plan specs of ``moa eval``: the one-head probes keep exactly one KV head whole."""
+
+from __future__ import annotations
+
+import pytest
+
+from moa.evaluate import parse_plan_specs
+from moa_plan import MoaError, ModelFingerprint
+
+FP = ModelFingerprint(
+    architecture="LlamaForCausalLM",
+    num_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    max_position_embeddings=8192,
+)
+
+
+@pytest.mark.parametrize("n", [256, 1000, 4096])
+def test_head_probe_spans(n: int) -> None:
+    (probe,) = parse_plan_specs(["head:2.1"], FP)
+    assert probe.name == "head-2.1" and probe.plan is not None
+    spans = probe.plan.spans(n)
+    # Written out by hand: the probed head sees all n tokens, every other head sink (64) + one block (64).
+    expected = [[128, 128], [128, 128], [128, n]]
+    assert spans.tolist() == [[min(s, n) for s in row] for row in expected]
+
+
+def test_heads_expands_to_one_probe_per_kv_head_with_the_first_plans_sink() -> None:
+    specs = parse_plan_specs(["dense", "heads", "uniform:0.5"], FP)
+    names = [s.name for s in specs]
+    assert names == ["dense", "head-0.0", "head-0.1", "head-1.0", "head-1.1", "head-2.0", "head-2.1", "uniform-0.5"]
+    for spec in specs[1:-1]:
+        assert spec.plan is not None
+        whole = spec.plan.spans(2048) == 2048
+        assert whole.sum() == 1
+        layer, head = map(int, spec.name.removeprefix("head-").split("."))
+        assert whole[layer, head]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("head:3.0", "not a KV head"),
+        ("head:0.2", "not a KV head"),
+        ("head:x", "head:LAYER.KV_HEAD"),
+        ("head:1", "head:"),
+    ],
+)
+def test_bad_head_specs(spec: str, message: str) -> None:
+    with pytest.raises(MoaError, match=message):
+        parse_plan_specs([spec], FP)
