@@ -128,3 +128,27 @@ def test_sink_window_attention_matches_explicit_mask() -> None:
                 scores[..., i, j] = float("-inf")
     ref = (scores.softmax(-1) @ vv).transpose(1, 2)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_each_task_needs_one_whole_kv_head(offline) -> None:
+    """README's probe table: lines needs layer 1 KV head 1 whole, passkey layer 0 KV head 1.
+
+    Each probe keeps one KV head whole and the other three at sink + one block, served by the
+    moa runtime; this is the fact that bounds what a 25% budget (one head's worth) can keep.
+    """
+    from moa.evaluate import load_model, parse_plan_specs, retrieval_eval
+
+    model, tokenizer = load_model(MODEL)
+    specs = parse_plan_specs(["heads"], ModelFingerprint.from_config(model.config))
+    rows = retrieval_eval(model, tokenizer, specs, lengths=[1024], samples=10, seed=5)
+    acc = {
+        (task, plan): sum(r["correct"] for r in rows if (r["task"], r["plan"]) == (task, plan)) / 10
+        for task in ("lines", "passkey")
+        for plan in ("head-0.0", "head-0.1", "head-1.0", "head-1.1")
+    }
+    needed = {"lines": "head-1.1", "passkey": "head-0.1"}
+    for (task, plan), value in acc.items():
+        if plan == needed[task]:
+            assert value >= 0.8, acc
+        else:
+            assert value <= 0.4, acc
