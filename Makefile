@@ -45,11 +45,14 @@ test-gpu: setup ## GPU tests (needs CUDA)
 
 DEMO_OUT ?= runs/demo
 # Sink 16 + one block of 16: the default 64 + 64 is a quarter of a 512-token prompt, which would leave
-# a 25% budget no choice at the shortest profiled length.
-demo: setup ## moa compress on the reference model, then dense vs uniform vs per-layer vs MoA retrieval (~2 min on 2 cores)
-	$(BIN)/moa compress --model models/moa-reference --density 0.5,0.25 --lengths 512,1024 --sink 16 --block 16 \
-		--eval-lengths 512,1024,2048 --eval-samples 40 --out $(DEMO_OUT)
-	@cat $(DEMO_OUT)/report.md
+# a 25% budget no choice at the shortest profiled length. Run twice: MoA's first-order influence
+# profile (runs/demo), then the measured-ablation profile (runs/demo-ablation).
+DEMO_ARGS := --model models/moa-reference --density 0.5,0.25 --lengths 512,1024 --sink 16 --block 16 \
+	--eval-lengths 512,1024,2048 --eval-samples 40
+demo: setup ## moa compress on the reference model (influence and ablation profiles) + retrieval tables (~4 min on 2 cores)
+	$(BIN)/moa compress $(DEMO_ARGS) --out $(DEMO_OUT)
+	$(BIN)/moa compress $(DEMO_ARGS) --statistic ablation --out $(DEMO_OUT)-ablation
+	@cat $(DEMO_OUT)/report.md $(DEMO_OUT)-ablation/report.md
 
 bench: setup ## CPU benchmarks (e2e decode/prefill/memory, optimizer search, profiling cost) into runs/bench
 	$(BIN)/moa bench e2e --out runs/bench

@@ -123,6 +123,20 @@ def test_interrupted_compress_then_rerun_gives_the_same_plan(  # type: ignore[no
     assert not list(out.rglob("*.tmp")), "a half-written file was left behind"
 
 
+def test_compress_with_the_ablation_statistic(reference_model: Path, tmp_path: Path, moa_cli) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "abl"
+    moa_cli("compress", "--model", reference_model, *COMPRESS, "--statistic", "ablation", "--no-layer-baseline",
+            "--out", out)  # fmt: skip
+    plan = Plan.load(out / "d0.5" / "plan.json")
+    for n in (256, 512, 1024):
+        assert 0.45 - 1e-9 <= plan.density(n) <= 0.5 + 1e-9
+    for n in (256, 512):
+        profile = load_profile(out / "profiles" / f"profile-{n}.safetensors")
+        assert "ablation" in (profile.notes or "") and (profile.hist >= 0).all()
+    assert not (out / "d0.5" / "layer").exists()
+    assert "profile statistic `ablation`" in (out / "report.md").read_text()
+
+
 def test_bad_inputs_exit_2_with_one_sentence(reference_model: Path, tmp_path: Path, moa_cli) -> None:  # type: ignore[no-untyped-def]
     moa = moa_cli
     cases = [

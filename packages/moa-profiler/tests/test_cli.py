@@ -175,3 +175,23 @@ def test_calibrate_from_synthetic_task(tmp_path: Path, model_dir: Path):
     calib = read_calibration(out)
     assert calib.provenance["source"].startswith("moa_plan.tasks:lines")
     assert {s.task for s in calib.samples} == {"lines"}
+
+
+def test_profile_ablation_statistic(tmp_path: Path, calibration_file: Path, model_dir: Path):
+    code, _, stderr = run(
+        "profile", calibration_file, "--model", model_dir, "-o", tmp_path / "prof", "--sink", 8, "--block", 16,
+        "--statistic", "ablation", "--ablation-points", 3, "--quiet",
+    )  # fmt: skip
+    assert code == 0, stderr
+    p = load_profile(tmp_path / "prof" / "profile-96.safetensors")
+    assert "ablation" in (p.notes or "")
+    assert (p.hist >= 0).all() and (p.sink_influence == 0).all()
+    # Only the measured windows (16, 48, 80: at most 3 of the 5 whole blocks below 88 keys) carry steps.
+    loss = p.window_loss(np.array([16.0, 48.0, 80.0, 88.0])[None, None, :].repeat(2, 0).repeat(2, 1))
+    assert (np.diff(loss, axis=-1) <= 1e-12).all() and (loss[..., -1] == 0).all()
+    code, _, stderr = run(
+        "profile", calibration_file, "--model", model_dir, "-o", tmp_path / "p2", "--statistic", "ablation",
+        "--block-map", "--quiet",
+    )  # fmt: skip
+    assert_one_sentence(code, stderr, "no block map")
+    no_files(tmp_path / "p2", "profile-96.safetensors")

@@ -251,3 +251,56 @@ def test_sliding_window_models_are_refused(model_factory):
     model.config.layer_types = ["sliding_attention", "full_attention"]
     with pytest.raises(ProfilerError, match="plain causal attention only"):
         prepare_model(model)
+
+
+def test_ablation_equals_explicit_masked_losses(setup):
+    """The ablation statistic is the measured loss of cutting one KV head to sink + window."""
+    from moa_profiler.sample import ablate_sample, ablation_windows, monotone_ablation
+
+    model, ids, start, stop = setup
+    settings = InfluenceSettings(sink=4, block=8, statistic="ablation", ablation_points=5)
+    length = len(ids)
+    windows = ablation_windows(length, settings)
+    # 92 keys beyond the sink -> 11 whole blocks of 8 below them; at most 5 windows: every 3rd block.
+    assert windows == [8, 32, 56, 80]
+    model.set_attn_implementation("moa_profile")
+    result = ablate_sample(model, ids, start, stop, settings)
+    base = oracle_loss(model, ids, start, stop)
+    assert result.loss == pytest.approx(base, abs=1e-10)
+    i = torch.arange(length)[:, None]
+    j = torch.arange(length)[None, :]
+    measured = torch.zeros(2, 4, len(windows), dtype=torch.float64)
+    for layer in range(2):
+        for kv in range(4):
+            for k, window in enumerate(windows):
+                drop = torch.zeros(8, length, length, dtype=torch.bool)
+                drop[2 * kv : 2 * kv + 2] = ~((j < 4) | (i - j < window))
+                measured[layer, kv, k] = oracle_loss(model, ids, start, stop, {layer: drop}) - base
+                # Tail sums over the KV head's query heads give back the signed measurement.
+                kept = result.hist[layer, 2 * kv : 2 * kv + 2, window:].sum()
+                assert float(kept) == pytest.approx(float(measured[layer, kv, k]), abs=1e-9)
+    assert (measured.abs() > 1e-6).any()
+    # The saved statistic: the monotone envelope max(0, max over wider windows), never negative.
+    saved = monotone_ablation(result.hist, length, settings)
+    assert (saved >= 0).all()
+    for layer in range(2):
+        for kv in range(4):
+            for k, window in enumerate(windows):
+                envelope = max(0.0, float(measured[layer, kv, k:].max()))
+                assert float(saved[layer, 2 * kv : 2 * kv + 2, window:].sum()) == pytest.approx(envelope, abs=1e-9)
+
+
+def test_ablation_settings_and_mask_errors(setup):
+    from moa_profiler.attention import masking
+    from moa_profiler.errors import ProfilerError
+
+    with pytest.raises(ProfilerError, match="unknown statistic"):
+        InfluenceSettings(statistic="gradient")
+    with pytest.raises(ProfilerError, match="no block map"):
+        InfluenceSettings(statistic="ablation", block_map=True)
+    model, ids, start, stop = setup
+    model.set_attn_implementation("moa_profile")
+    with pytest.raises(ProfilerError, match="no KV head 9"), masking(0, 9, 8, 4):
+        answer_loss(model, ids, start, stop)
+    with pytest.raises(ProfilerError, match="window must be >= 1"), masking(0, 0, 0, 4):
+        pass

@@ -4,7 +4,9 @@ It is registered with transformers' `AttentionInterface` by an explicit call
 (`register_profiling_attention`) and selected with ``model.set_attn_implementation("moa_profile")``.
 Inside `recording(recorder)` every call stores, per layer, the detached query ``[HQ, T, D]``, the
 un-repeated keys and values ``[H, T, D]`` (after RoPE) and the output ``[HQ, T, D]``, and hooks the
-output so the backward pass stores ``dO = dL/do``. Outside `recording` it is plain SDPA.
+output so the backward pass stores ``dO = dL/do``. Outside `recording` it is plain SDPA. Inside
+`masking(layer, kv_head, window, sink)` the query heads of one KV head of one layer see only the
+sink and the last ``window`` keys (what a plan's span does to them): the ablation statistic.
 Only unpadded batches of one sequence are profiled, so no mask is needed: the name has no entry in
 transformers' mask registry and the function applies causality itself.
 """
@@ -26,6 +28,7 @@ __all__ = [
     "PROFILE_ATTENTION",
     "LayerRecord",
     "Recorder",
+    "masking",
     "profiling_attention",
     "recording",
     "register_profiling_attention",
@@ -33,6 +36,8 @@ __all__ = [
 
 PROFILE_ATTENTION = "moa_profile"
 _ACTIVE: ContextVar[Recorder | None] = ContextVar("moa_profiler_recorder", default=None)
+# (layer, kv_head, window, sink) of the one KV head whose keys are cut, or None.
+_MASK: ContextVar[tuple[int, int, int, int] | None] = ContextVar("moa_profiler_mask", default=None)
 
 
 @dataclass
@@ -87,6 +92,33 @@ class Recorder:
 
 
 @contextlib.contextmanager
+def masking(layer: int, kv_head: int, window: int, sink: int) -> Iterator[None]:
+    """Within the block, cut KV head ``kv_head`` of layer ``layer`` to the sink + last ``window`` keys.
+
+    Query i of that head's group then sees key j iff ``j <= i`` and (``j < sink`` or ``i - j < window``),
+    the span mask of DESIGN.md; every other head stays fully causal.
+    """
+    if window < 1 or sink < 0:
+        raise ProfilerError(f"a masked window must be >= 1 and the sink >= 0, got window {window}, sink {sink}")
+    token = _MASK.set((layer, kv_head, window, sink))
+    try:
+        yield
+    finally:
+        _MASK.reset(token)
+
+
+def _span_mask(length: int, heads: int, group: int, kv_head: int, window: int, sink: int, device: Any) -> torch.Tensor:
+    """``[1, heads, T, T]`` boolean keep-mask: causal, and sink + window for ``kv_head``'s query heads."""
+    i = torch.arange(length, device=device)[:, None]
+    j = torch.arange(length, device=device)[None, :]
+    causal = j <= i
+    cut = causal & ((j < sink) | (i - j < window))
+    mask = causal.expand(heads, length, length).clone()
+    mask[kv_head * group : (kv_head + 1) * group] = cut
+    return mask[None]
+
+
+@contextlib.contextmanager
 def recording(recorder: Recorder) -> Iterator[Recorder]:
     """Make `profiling_attention` store into ``recorder`` within the block."""
     token = _ACTIVE.set(recorder)
@@ -125,12 +157,20 @@ def profiling_attention(
     group = heads // kv_heads
     k = key.repeat_interleave(group, dim=1) if group > 1 else key
     v = value.repeat_interleave(group, dim=1) if group > 1 else value
-    out = F.scaled_dot_product_attention(query, k, v, is_causal=length > 1, scale=scale).transpose(1, 2).contiguous()
+    layer = getattr(module, "layer_idx", None)
+    cut = _MASK.get()
+    if cut is not None and layer is not None and int(layer) == cut[0]:
+        if not 0 <= cut[1] < kv_heads:
+            raise ProfilerError(f"layer {layer} has {kv_heads} KV heads, no KV head {cut[1]}")
+        mask = _span_mask(length, heads, group, cut[1], cut[2], cut[3], query.device)
+        out = F.scaled_dot_product_attention(query, k, v, attn_mask=mask, scale=scale)
+    else:
+        out = F.scaled_dot_product_attention(query, k, v, is_causal=length > 1, scale=scale)
+    out = out.transpose(1, 2).contiguous()
     recorder = _ACTIVE.get()
     if recorder is not None:
         if query.shape[0] != 1:
             raise ProfilerError(f"profiling records one sequence at a time, got a batch of {query.shape[0]}")
-        layer = getattr(module, "layer_idx", None)
         recorder.capture(len(recorder.layers) if layer is None else int(layer), query, key, value, out, scale)
     return out, None
 

@@ -215,6 +215,21 @@ def calibrate(
 @click.option("--sink", type=click.IntRange(min=0), default=64, show_default=True)
 @click.option("--block", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--block-map/--no-block-map", default=False, show_default=True, help="Also store the 2-D block map.")
+@click.option(
+    "--statistic",
+    type=click.Choice(["influence", "ablation"]),
+    default="influence",
+    show_default=True,
+    help="influence: MoA's first-order |E| (one backward per sample). ablation: the measured loss of cutting "
+    "each KV head to sink + window (layers x KV heads x --ablation-points forwards per sample; small models).",
+)
+@click.option(
+    "--ablation-points",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Most windows measured per KV head with --statistic ablation.",
+)
 @click.option("--max-samples", type=click.IntRange(min=1), help="At most this many samples per length.")
 @click.option(
     "--chunk-elements",
@@ -241,6 +256,8 @@ def profile(
     sink: int,
     block: int,
     block_map: bool,
+    statistic: str,
+    ablation_points: int,
     max_samples: int | None,
     chunk_elements: int | None,
     checkpoint_dir: Path | None,
@@ -293,7 +310,15 @@ def profile(
     register_profiling_attention()
     prepare_model(model)
     settings = RunSettings(
-        influence=InfluenceSettings(sink=sink, block=block, block_map=block_map, max_elements=chunk_elements),
+        influence=_run(
+            InfluenceSettings,
+            sink=sink,
+            block=block,
+            block_map=block_map,
+            max_elements=chunk_elements,
+            statistic=statistic,
+            ablation_points=ablation_points,
+        ),
         checkpoint_dir=checkpoint_dir or out / ".checkpoints",
         checkpoint_every=checkpoint_every,
         restart=restart,

@@ -23,7 +23,7 @@ from moa_profiler.distributed import World, all_reduce_sum, barrier
 from moa_profiler.errors import ProfilerError
 from moa_profiler.memory import peak_rss_mib
 from moa_profiler.models import input_device
-from moa_profiler.sample import InfluenceSettings, profile_sample
+from moa_profiler.sample import InfluenceSettings, ablate_sample, monotone_ablation, profile_sample
 
 __all__ = ["LengthSummary", "RunSettings", "profile_length"]
 
@@ -76,6 +76,7 @@ def _key(
     digest.update(
         json.dumps(
             [fp.model_dump(), length, s.sink, s.block, s.block_map, str(s.dtype), world.rank, world.size]
+            + ([s.statistic, s.ablation_points] if s.statistic != "influence" else [])
         ).encode()
     )
     return digest.hexdigest()
@@ -151,7 +152,8 @@ def _accumulate(
             continue
         ids = torch.tensor(sample.input_ids, dtype=torch.long, device=device)
         try:
-            result = profile_sample(model, ids, sample.answer_start, sample.answer_end, settings.influence)
+            measure = ablate_sample if settings.influence.statistic == "ablation" else profile_sample
+            result = measure(model, ids, sample.answer_start, sample.answer_end, settings.influence)
         except ProfilerError as exc:
             raise ProfilerError(f"sample {sample.sample_id} (length {len(sample.input_ids)}): {exc}") from None
         sums.hist += result.hist
@@ -190,19 +192,27 @@ def _finish(
     count = round(float(totals[1]))
     mean_loss = float(totals[0]) / count
     s = settings.influence
+    mean_hist = hist / count
+    if s.statistic == "ablation":
+        mean_hist = monotone_ablation(mean_hist, length, s)
     profile = Profile(
         model=fp,
         length=length,
         sink=s.sink,
         block=s.block,
         num_samples=count,
-        hist=(hist / count).numpy(),
+        hist=mean_hist.numpy(),
         sink_influence=(sink / count).numpy(),
         block_map=(block_map / count).numpy() if block_map is not None else None,
         versions=settings.versions,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         mean_loss=mean_loss,
-        notes="moa-profiler: mean over samples of |E| summed by key distance; answer-token cross-entropy",
+        notes=(
+            "moa-profiler: mean over samples of the measured answer-loss increase of cutting each KV head "
+            f"(ablation, up to {s.ablation_points} windows per head), as a distance histogram"
+            if s.statistic == "ablation"
+            else "moa-profiler: mean over samples of |E| summed by key distance; answer-token cross-entropy"
+        ),
     )
     if world.is_main:
         save_profile(profile, out)
@@ -213,8 +223,8 @@ def _finish(
             # Another rank may still be removing its file; an empty directory left behind is harmless.
             with contextlib.suppress(OSError):
                 ckpt.parent.rmdir()
-    total = float(hist.sum() + sink.sum())
-    cumulative = hist.sum(dim=(0, 1)).cumsum(0)
+    total = float(mean_hist.sum() * count + sink.sum())
+    cumulative = mean_hist.sum(dim=(0, 1)).cumsum(0)
     median = int(torch.searchsorted(cumulative, cumulative[-1] / 2).item()) if float(cumulative[-1]) > 0 else 0
     return LengthSummary(
         length=length,

@@ -1,18 +1,35 @@
-"""Profile one calibration sample: answer-token loss, one backward pass, per-layer influence."""
+"""Profile one calibration sample: answer-token loss, one backward pass, per-layer influence.
+
+Or, with ``statistic="ablation"``, measure instead of estimate: the answer loss with each KV head
+cut to the sink plus a window, for a grid of windows, one forward pass each (see `ablate_sample`).
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from moa_profiler.attention import PROFILE_ATTENTION, Recorder, recording
+from moa_profiler.attention import PROFILE_ATTENTION, Recorder, masking, recording
 from moa_profiler.errors import ProfilerError
 from moa_profiler.influence import layer_influence
 
-__all__ = ["InfluenceSettings", "SampleInfluence", "answer_loss", "prepare_model", "profile_sample"]
+__all__ = [
+    "STATISTICS",
+    "InfluenceSettings",
+    "SampleInfluence",
+    "ablate_sample",
+    "ablation_windows",
+    "monotone_ablation",
+    "answer_loss",
+    "prepare_model",
+    "profile_sample",
+]
+
+STATISTICS = ("influence", "ablation")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,6 +42,10 @@ class InfluenceSettings:
         block_map: Also accumulate the ``[nb, nb]`` block map.
         max_elements: Bound on one ``[HQ, rows, T]`` chunk tensor (None: by device, see `layer_influence`).
         dtype: Compute dtype of the influence (float32; float64 for tests).
+        statistic: ``influence`` (MoA's first-order |E|, one backward per sample) or ``ablation``
+            (measured loss of cutting each KV head, one forward per head and window; exact for one
+            head at a time, cost ``layers x kv_heads x ablation_points`` forwards per sample).
+        ablation_points: Most windows measured per KV head with ``ablation``.
     """
 
     sink: int = 64
@@ -32,6 +53,16 @@ class InfluenceSettings:
     block_map: bool = False
     max_elements: int | None = None
     dtype: torch.dtype = torch.float32
+    statistic: str = "influence"
+    ablation_points: int = 32
+
+    def __post_init__(self) -> None:
+        if self.statistic not in STATISTICS:
+            raise ProfilerError(f"unknown statistic {self.statistic!r}; expected one of {', '.join(STATISTICS)}")
+        if self.statistic == "ablation" and self.block_map:
+            raise ProfilerError("the ablation statistic has no block map; drop --block-map")
+        if self.ablation_points < 1:
+            raise ProfilerError(f"ablation_points must be positive, got {self.ablation_points}")
 
 
 @dataclass
@@ -143,3 +174,87 @@ def profile_sample(
     if not (torch.isfinite(hist).all() and torch.isfinite(sink).all()):
         raise ProfilerError("the influence of this sample is not finite (the gradient overflowed)")
     return SampleInfluence(loss=value, hist=hist, sink=sink, block_map=block_map)
+
+
+def ablation_windows(length: int, settings: InfluenceSettings) -> list[int]:
+    """Windows measured per KV head at ``length``: multiples of the block below ``length - sink``.
+
+    At most ``settings.ablation_points`` of them, evenly spaced in whole blocks from one block up;
+    a window of ``length - sink`` or more cuts nothing, so it is the (free) end of the curve.
+    """
+    keys = length - settings.sink
+    if keys <= settings.block:
+        return []
+    count = (keys - 1) // settings.block
+    step = -(-count // settings.ablation_points)
+    return [settings.block * k for k in range(1, count + 1, step)]
+
+
+def ablate_sample(
+    model: torch.nn.Module, ids: torch.Tensor, start: int, stop: int, settings: InfluenceSettings
+) -> SampleInfluence:
+    """Measured loss of cutting each KV head to the sink + a window, as a (signed) distance histogram.
+
+    For KV head h of layer l and each window w_k of `ablation_windows`, the answer loss is measured
+    with only that head cut (``masking``); ``D(w_k)`` is its increase over the full model (negative
+    when the cut helps). The drop ``D(w_k) - D(w_{k+1})`` is spread evenly over the distances
+    ``[w_k, w_{k+1})`` (``D = 0`` at ``T - sink``: nothing cut), split evenly over the KV head's query
+    heads, so tail sums from ``w_k`` give back ``D(w_k)``. Sums over samples stay exact; the mean is
+    made monotone by `monotone_ablation` before it is saved. The sink share is 0 (never cut).
+
+    Raises:
+        ProfilerError: if a loss is not finite.
+    """
+    config: Any = getattr(model, "config")  # noqa: B009 - nn.Module types attributes as Tensor | Module
+    layers = int(config.num_hidden_layers)
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    group = heads // kv_heads
+    length = int(ids.shape[0])
+    keys = max(length - settings.sink, 1)
+    windows = ablation_windows(length, settings)
+    edges = [*windows, keys]
+    hist = torch.zeros(layers, heads, keys, dtype=torch.float64)
+
+    def loss() -> float:
+        value = float(answer_loss(model, ids, start, stop))
+        if not math.isfinite(value):
+            raise ProfilerError(f"the answer loss is {value}; the model produces non-finite logits on this sample")
+        return value
+
+    with torch.no_grad():
+        base = loss()
+        for layer in range(layers):
+            for kv in range(kv_heads):
+                deltas = []
+                for window in windows:
+                    with masking(layer, kv, window, settings.sink):
+                        deltas.append(loss() - base)
+                deltas.append(0.0)
+                for k, window in enumerate(windows):
+                    width = edges[k + 1] - window
+                    hist[layer, kv * group : (kv + 1) * group, window : edges[k + 1]] = (deltas[k] - deltas[k + 1]) / (
+                        group * width
+                    )
+    return SampleInfluence(loss=base, hist=hist, sink=torch.zeros(layers, heads, dtype=torch.float64), block_map=None)
+
+
+def monotone_ablation(hist: torch.Tensor, length: int, settings: InfluenceSettings) -> torch.Tensor:
+    """The mean ablation histogram made a loss curve the optimizer can trust.
+
+    From the signed mean curve ``D(w_k)`` (tail sums at the measured windows) this keeps
+    ``E(w_k) = max(0, max_{j >= k} D(w_j))``: a narrower window never costs less than a wider one,
+    and a cut that lowers the mean loss costs 0. Each step ``E(w_k) - E(w_{k+1})`` is spread evenly
+    over ``[w_k, w_{k+1})`` again, so ``Profile.window_loss(w_k) == E(w_k)`` and the result is >= 0.
+    """
+    windows = ablation_windows(length, settings)
+    keys = hist.shape[-1]
+    edges = [*windows, keys]
+    tail = hist.flip(-1).cumsum(-1).flip(-1)
+    out = torch.zeros_like(hist)
+    envelope = torch.zeros(hist.shape[:-1], dtype=hist.dtype)
+    for k in range(len(windows) - 1, -1, -1):
+        lower = torch.maximum(tail[..., windows[k]].clamp(min=0.0), envelope)
+        out[..., windows[k] : edges[k + 1]] = ((lower - envelope) / (edges[k + 1] - windows[k]))[..., None]
+        envelope = lower
+    return out

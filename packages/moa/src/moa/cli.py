@@ -232,6 +232,13 @@ def validate(
 @click.option("--sink", type=click.IntRange(min=0), default=64, show_default=True, help="Sink tokens S of the plans.")
 @click.option("--block", type=click.IntRange(min=1), default=64, show_default=True, help="Block size B of the plans.")
 @click.option(
+    "--statistic",
+    type=click.Choice(["influence", "ablation"]),
+    default="influence",
+    show_default=True,
+    help="Profile statistic (see moa profile --help): MoA's first-order influence or measured head cuts.",
+)
+@click.option(
     "--layer-baseline/--no-layer-baseline",
     default=True,
     show_default=True,
@@ -254,6 +261,7 @@ def compress(
     sink: int,
     block: int,
     layer_baseline: bool,
+    statistic: str,
     out: Path,
 ) -> None:
     """calibrate -> profile -> optimize -> validate (-> evaluate) in one resumable command."""
@@ -281,6 +289,7 @@ def compress(
         sink=sink,
         block=block,
         layer_baseline=layer_baseline,
+        statistic=statistic,
         out=out,
     )
     result: dict[str, Any] = run_compress(settings, echo=_echo_err)

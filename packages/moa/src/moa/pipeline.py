@@ -49,6 +49,8 @@ class CompressSettings:
     # Also solve the per-layer-only ablation (one rule shared by all heads of a layer) at each
     # budget, validate it the same way and put it in the evaluation beside MoA.
     layer_baseline: bool = True
+    # Profile statistic: MoA's first-order influence, or the measured loss of cutting each KV head.
+    statistic: str = "influence"
 
     @property
     def val_length(self) -> int:
@@ -183,7 +185,21 @@ def run_compress(s: CompressSettings, echo: Callable[[str], None] = print) -> di
         [s.model, calib],
         profile_files,
         lambda: _moa(
-            ["profile", calib, "--model", s.model, "--out", profiles, "--sink", s.sink, "--block", s.block, "--quiet"],
+            [
+                "profile",
+                calib,
+                "--model",
+                s.model,
+                "--out",
+                profiles,
+                "--sink",
+                s.sink,
+                "--block",
+                s.block,
+                "--statistic",
+                s.statistic,
+                "--quiet",
+            ],
             "profile",
             echo,
         ),
@@ -290,7 +306,7 @@ def _report(s: CompressSettings, finals: Sequence[Path], eval_table: str) -> str
         f"# moa compress report: {s.model}",
         "",
         f"Profiled lengths {list(s.lengths)}, validation at {s.val_length}, calibration task `{s.task}` "
-        f"({s.samples} samples per length and task), optimizer `{s.optimizer}`, extend {s.extend}.",
+        f"({s.samples} samples per length and task), profile statistic `{s.statistic}`, optimizer `{s.optimizer}`, extend {s.extend}.",
         "",
     ]
     check = sorted({*s.lengths, s.val_length, *(s.eval_lengths or ())})
