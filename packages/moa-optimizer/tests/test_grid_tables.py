@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pytest
 
 from moa_optimizer import (
     COST_SCHEMA,
@@ -15,6 +16,7 @@ from moa_optimizer import (
     synthetic_fingerprint,
     synthetic_profiles,
 )
+from moa_optimizer.errors import OptimizerError
 
 
 def test_default_grid_is_the_original_48_rules_plus_the_cheapest():
@@ -72,3 +74,18 @@ def test_cost_table_spans_and_densities():
         expected = min(n, max(128, int(np.ceil((a + b * n) / 64 - 1e-9)) * 64))
         assert row["span"] == expected
         assert row["density"] == expected / n
+
+
+def test_finer_grid_holds_the_original_and_halves_the_steps():
+    lengths, profiled = [512, 1024, 2048], [512, 1024]
+    coarse = make_grid(lengths, profiled, sink=16, block=16)
+    fine = make_grid(lengths, profiled, sink=16, block=16, resolution=2)
+    rules = set(zip(fine.alphas.tolist(), fine.betas.tolist(), strict=True))
+    # Every original rule is still there (up to rules merged for identical spans), plus the finer ones.
+    spans_fine = {tuple(col) for col in fine.spans(lengths).T.tolist()}
+    assert {tuple(col) for col in coarse.spans(lengths).T.tolist()} <= spans_fine
+    assert len(fine) > 2 * len(coarse)
+    assert (0.0, 0.9375) in rules and (-64.0, 1.0) in rules
+    assert sorted({b for b in fine.betas.tolist()}) == [i / 16 for i in range(17)]
+    with pytest.raises(OptimizerError, match="resolution"):
+        make_grid(lengths, profiled, resolution=0)

@@ -36,7 +36,13 @@ def problem_for(profiles: Sequence[Profile], config: OptimizeConfig) -> Problem:
     profiled = [p.length for p in ordered]
     constrained = config.constrained_lengths(profiled)
     grid = make_grid(
-        constrained, profiled, alphas=config.alphas, betas=config.betas, sink=ordered[0].sink, block=ordered[0].block
+        constrained,
+        profiled,
+        alphas=config.alphas,
+        betas=config.betas,
+        sink=ordered[0].sink,
+        block=ordered[0].block,
+        resolution=config.grid_resolution,
     )
     return Problem.from_profiles(ordered, grid, constrained)
 

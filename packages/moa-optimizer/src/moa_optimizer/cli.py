@@ -87,6 +87,13 @@ def _run(ctx_fn: Any) -> Any:
     help="Epsilon grid points per other objective.",
 )
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option(
+    "--grid-resolution",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Divide the rule grid's alpha and beta steps by this (1: the original MoA grid; 2: betas in 16ths).",
+)
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--show-rules", is_flag=True, help="Print the rule grid (spans at every constrained length) first.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output directory.")
@@ -106,6 +113,7 @@ def optimize_command(
     objective_length: int | None,
     points: int,
     threads: int,
+    grid_resolution: int,
     no_plots: bool,
     show_rules: bool,
     out: Path,
@@ -136,6 +144,7 @@ def optimize_command(
         pareto=not single,
         objective_length=objective_length,
         points=points,
+        grid_resolution=grid_resolution,
     )
     fn = _run(lambda: load_optimizer(optimizer_name))
     paths = [first, *more]
@@ -146,7 +155,11 @@ def optimize_command(
 
         profiled = sorted(p.length for p in profiles)
         lengths_all = config.constrained_lengths(profiled)
-        grid = _run(lambda: make_grid(lengths_all, profiled, sink=profiles[0].sink, block=profiles[0].block))
+        grid = _run(
+            lambda: make_grid(
+                lengths_all, profiled, sink=profiles[0].sink, block=profiles[0].block, resolution=grid_resolution
+            )
+        )
         click.echo(format_rule_table(grid, lengths_all))
     plans = _run(lambda: fn(profiles, config))
     if not plans:

@@ -27,6 +27,7 @@ class OptimizeConfig:
         points: Epsilon grid points per other objective.
         alphas: Rule-grid alphas (None: the default grid).
         betas: Rule-grid betas (None: 0, 1/8, ..., 1).
+        grid_resolution: Divide the default grid's alpha and beta steps by this (1: the original's).
         seed: Solver seed.
         relative_gap: Stop a solve once its proven relative gap is at most this (0.1 % by default;
             the gap actually reached is recorded in every plan).
@@ -45,6 +46,7 @@ class OptimizeConfig:
     points: int = 5
     alphas: Sequence[float] | None = None
     betas: Sequence[float] | None = None
+    grid_resolution: int = 1
     seed: int = 0
     relative_gap: float = 1e-3
 

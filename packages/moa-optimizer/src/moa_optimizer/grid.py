@@ -66,20 +66,24 @@ class RuleGrid:
         return df
 
 
-def default_alphas(constrained: Sequence[int], profiled: Sequence[int], *, block: int = DEFAULT_BLOCK) -> list[float]:
-    """``-min(constrained)`` .. ``max(profiled)`` in steps of about ``max(profiled) / 8`` (block-rounded).
+def default_alphas(
+    constrained: Sequence[int], profiled: Sequence[int], *, block: int = DEFAULT_BLOCK, resolution: int = 1
+) -> list[float]:
+    """``-min(constrained)`` .. ``max(profiled)`` in steps of about ``max(profiled) / (8 x resolution)``.
 
-    With profiled 2k/4k/8k and 16k constrained this is the original's -2048, -1024, ..., 8192.
+    Steps are block-rounded. With profiled 2k/4k/8k and 16k constrained this is the original's
+    -2048, -1024, ..., 8192.
     """
     lo, hi = min(constrained), max(profiled)
-    step = max(block, int(np.ceil(hi / 8 / block)) * block)
+    step = max(block, int(np.ceil(hi / (8 * resolution) / block)) * block)
     count = (hi + lo) // step + 1
     return [float(a) for a in np.linspace(-lo, hi, count)]
 
 
-def default_betas() -> list[float]:
-    """0, 1/8, ..., 1."""
-    return [i / 8 for i in range(9)]
+def default_betas(resolution: int = 1) -> list[float]:
+    """0, 1/8, ..., 1 (in steps of ``1 / (8 x resolution)``)."""
+    steps = 8 * resolution
+    return [i / steps for i in range(steps + 1)]
 
 
 def make_grid(
@@ -90,6 +94,7 @@ def make_grid(
     betas: Sequence[float] | None = None,
     sink: int = DEFAULT_SINK,
     block: int = DEFAULT_BLOCK,
+    resolution: int = 1,
 ) -> RuleGrid:
     """All valid, distinct ``(alpha, beta)`` pairs of the Cartesian grid.
 
@@ -100,15 +105,21 @@ def make_grid(
         betas: Beta values in [0, 1]; default `default_betas`.
         sink: Sink tokens S.
         block: Block size B.
+        resolution: Divide the default alpha step and beta step by this (a finer grid: about
+            ``resolution**2`` times the rules; for small models and short lengths).
 
     Returns:
         The grid, sorted by span at the longest constrained length (stable).
 
     Raises:
-        OptimizerError: if no rule survives or a beta is outside [0, 1].
+        OptimizerError: if no rule survives, a beta is outside [0, 1] or the resolution is not positive.
     """
-    a_values = np.asarray(alphas if alphas is not None else default_alphas(constrained, profiled, block=block))
-    b_values = np.asarray(betas if betas is not None else default_betas(), dtype=np.float64)
+    if resolution < 1:
+        raise OptimizerError(f"the grid resolution must be a positive integer, got {resolution}")
+    a_values = np.asarray(
+        alphas if alphas is not None else default_alphas(constrained, profiled, block=block, resolution=resolution)
+    )
+    b_values = np.asarray(betas if betas is not None else default_betas(resolution), dtype=np.float64)
     if b_values.size == 0 or a_values.size == 0 or ((b_values < 0) | (b_values > 1)).any():
         raise OptimizerError("the rule grid needs at least one alpha and betas within [0, 1]")
     a, b = (x.ravel().astype(np.float64) for x in np.meshgrid(a_values, b_values, indexing="ij"))

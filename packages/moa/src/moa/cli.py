@@ -239,6 +239,13 @@ def validate(
     help="Profile statistic (see moa profile --help): MoA's first-order influence or measured head cuts.",
 )
 @click.option(
+    "--grid-resolution",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Divide the optimizer's rule-grid steps by this (1: the original MoA grid).",
+)
+@click.option(
     "--layer-baseline/--no-layer-baseline",
     default=True,
     show_default=True,
@@ -262,6 +269,7 @@ def compress(
     block: int,
     layer_baseline: bool,
     statistic: str,
+    grid_resolution: int,
     out: Path,
 ) -> None:
     """calibrate -> profile -> optimize -> validate (-> evaluate) in one resumable command."""
@@ -290,6 +298,7 @@ def compress(
         block=block,
         layer_baseline=layer_baseline,
         statistic=statistic,
+        grid_resolution=grid_resolution,
         out=out,
     )
     result: dict[str, Any] = run_compress(settings, echo=_echo_err)

@@ -51,6 +51,8 @@ class CompressSettings:
     layer_baseline: bool = True
     # Profile statistic: MoA's first-order influence, or the measured loss of cutting each KV head.
     statistic: str = "influence"
+    # Rule-grid resolution of the optimizer (1: the original MoA grid).
+    grid_resolution: int = 1
 
     @property
     def val_length(self) -> int:
@@ -228,6 +230,8 @@ def run_compress(s: CompressSettings, echo: Callable[[str], None] = print) -> di
                         "--optimizer",
                         s.optimizer,
                         *(["--max-rules-per-layer", max_rules] if max_rules else []),
+                        "--grid-resolution",
+                        s.grid_resolution,
                         # One solver thread: multi-threaded CP-SAT may return another of several equal-loss
                         # plans, and a resumed pipeline must reproduce the plan of an uninterrupted one.
                         "--threads",
