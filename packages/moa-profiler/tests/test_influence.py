@@ -304,3 +304,8 @@ def test_ablation_settings_and_mask_errors(setup):
         answer_loss(model, ids, start, stop)
     with pytest.raises(ProfilerError, match="window must be >= 1"), masking(0, 0, 0, 4):
         pass
+    from moa_profiler.attention import profiling_attention
+
+    q = torch.zeros(1, 4, 5, 8)
+    with pytest.raises(ProfilerError, match="no layer_idx"), masking(0, 0, 2, 1):
+        profiling_attention(torch.nn.Identity(), q, q[:, :2], q[:, :2], None)

@@ -159,6 +159,8 @@ def profiling_attention(
     v = value.repeat_interleave(group, dim=1) if group > 1 else value
     layer = getattr(module, "layer_idx", None)
     cut = _MASK.get()
+    if cut is not None and layer is None:
+        raise ProfilerError("the attention module has no layer_idx, so one layer's heads cannot be cut (ablation)")
     if cut is not None and layer is not None and int(layer) == cut[0]:
         if not 0 <= cut[1] < kv_heads:
             raise ProfilerError(f"layer {layer} has {kv_heads} KV heads, no KV head {cut[1]}")

@@ -147,12 +147,12 @@ def _accumulate(
     show = settings.progress and world.is_main
     bar = tqdm(total=len(mine), initial=len(done), desc=desc, unit="sample", disable=not show)
     unsaved = 0
+    measure = ablate_sample if settings.influence.statistic == "ablation" else profile_sample
     for sample in mine:
         if sample.sample_id in done:
             continue
         ids = torch.tensor(sample.input_ids, dtype=torch.long, device=device)
         try:
-            measure = ablate_sample if settings.influence.statistic == "ablation" else profile_sample
             result = measure(model, ids, sample.answer_start, sample.answer_end, settings.influence)
         except ProfilerError as exc:
             raise ProfilerError(f"sample {sample.sample_id} (length {len(sample.input_ids)}): {exc}") from None

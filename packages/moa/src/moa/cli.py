@@ -222,7 +222,11 @@ def validate(
     help="Calibration task(s) of moa_plan.tasks, comma-separated; not an evaluation task (lines, passkey).",
 )
 @click.option(
-    "--samples", type=click.IntRange(min=1), default=8, show_default=True, help="Calibration samples per length."
+    "--samples",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Calibration samples per length and task.",
 )
 @click.option("--validation-samples", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--optimizer", default="builtin", show_default=True, help="Name in the entry-point group moa.optimizers.")

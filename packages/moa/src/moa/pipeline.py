@@ -102,7 +102,7 @@ def _check_inputs(s: CompressSettings) -> None:
         raise MoaError(f"densities must lie in (0, 1], got {list(s.densities)}")
     if not s.lengths or min(s.lengths) < 2:
         raise MoaError(f"profiled lengths must be >= 2 tokens, got {list(s.lengths)}")
-    tasks = [t for t in s.task.split(",") if t]
+    tasks = [t.strip() for t in s.task.split(",") if t.strip()]
     if not tasks:
         raise MoaError("no calibration task given (--task)")
     clash = sorted(set(tasks) & set(EVAL_TASKS))
@@ -300,12 +300,15 @@ def run_compress(s: CompressSettings, echo: Callable[[str], None] = print) -> di
         _stage(manifest, "evaluate", common, [s.model, *validated], [eval_dir / "retrieval.md"], evaluate, echo)
         eval_table = (eval_dir / "retrieval.md").read_text()
 
-    report = _report(s, validated, eval_table)
+    kinds = [
+        (d, "per-layer only" if v else "MoA", plan_dir(d, v) / "plan.json") for d in s.densities for v, _ in variants
+    ]
+    report = _report(s, kinds, eval_table)
     atomic_write_text(out / "report.md", report)
     return {"plans": [str(p) for p in finals], "plan": str(finals[0]), "report": report}
 
 
-def _report(s: CompressSettings, finals: Sequence[Path], eval_table: str) -> str:
+def _report(s: CompressSettings, finals: Sequence[tuple[float, str, Path]], eval_table: str) -> str:
     lines = [
         f"# moa compress report: {s.model}",
         "",
@@ -318,12 +321,10 @@ def _report(s: CompressSettings, finals: Sequence[Path], eval_table: str) -> str
         "| budget | final plan | " + " | ".join(f"KV density @{n}" for n in check) + " |",
         "| --- | --- | " + " | ".join("---" for _ in check) + " |",
     ]
-    for path in finals:
+    for density, kind, path in finals:
         plan = Plan.load(path)
-        kind = "per-layer only" if path.parent.name == "layer" else "MoA"
-        budget = (path.parent.parent if kind != "MoA" else path.parent).name.removeprefix("d")
         lines.append(
-            f"| {budget} {kind} | `{path.relative_to(s.out)}` | "
+            f"| {density:g} {kind} | `{path.relative_to(s.out)}` | "
             + " | ".join(f"{plan.density(n):.3f}" for n in check)
             + " |"
         )
