@@ -117,7 +117,9 @@ def test_disk_full_mid_extraction_leaves_no_trusted_directory(
         real_copy(src, dst, length)
 
     monkeypatch.setattr(assets.shutil, "copyfileobj", copy)
-    with pytest.raises(AssetError, match="^Paul Graham essays: cannot extract the essays: no space left on the device$"):
+    with pytest.raises(
+        AssetError, match=r"^Paul Graham essays: cannot extract the essays: no space left on the device$"
+    ):
         assets.ensure_essays(cache, echo=lambda m: None)
     assert not (cache / "essays").exists() and not _leftovers(cache)
     monkeypatch.setattr(assets.shutil, "copyfileobj", real_copy)
@@ -144,7 +146,7 @@ def test_unwritable_cache_is_one_sentence(cache: Path, monkeypatch: pytest.Monke
         raise OSError(errno.EROFS, "Read-only file system")
 
     monkeypatch.setattr(Path, "mkdir", refuse)
-    with pytest.raises(AssetError, match="^moa cache: cannot create .*: the cache is not writable"):
+    with pytest.raises(AssetError, match=r"^moa cache: cannot create .*: the cache is not writable"):
         assets.ensure_assets(echo=lambda m: None)
 
 
