@@ -42,7 +42,7 @@ def test_calibrate_and_profile_commands(tmp_path: Path, model_dir: Path):
     out = tmp_path / "calib.parquet"
     code, stdout, stderr = run(
         "calibrate", "--model", model_dir, "--records", records, "--lengths", "96,160", "--max-new-tokens", 5,
-        "--max-cut", 0.6, "--quiet", "--json", "-o", out,
+        "--max-cut", 0.6, "--fit", "largest", "--quiet", "--json", "-o", out,
     )  # fmt: skip
     assert code == 0, stderr
     summary = json.loads(stdout)
@@ -96,6 +96,8 @@ def test_sample_longer_than_every_bucket(tmp_path: Path, model_dir: Path):
         records,
         "--lengths",
         "96",
+        "--fit",
+        "largest",
         "-o",
         tmp_path / "c.parquet",
         "--quiet",
@@ -195,3 +197,23 @@ def test_profile_ablation_statistic(tmp_path: Path, calibration_file: Path, mode
     )  # fmt: skip
     assert_one_sentence(code, stderr, "no block map")
     no_files(tmp_path / "p2", "profile-96.safetensors")
+
+
+def test_calibrate_records_feed_every_length(tmp_path: Path, model_dir: Path):
+    """--records defaults to --fit each: one document is cut to every length it can fill (MoA's way)."""
+    records = records_file(tmp_path / "r.jsonl", [100, 110, 400])
+    out = tmp_path / "calib.parquet"
+    code, stdout, stderr = run(
+        "calibrate", "--model", model_dir, "--records", records, "--lengths", "96,160,320", "--max-new-tokens", 5,
+        "--quiet", "--json", "-o", out,
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert json.loads(stdout)["per_length"] == {"96": 3, "160": 1, "320": 1}
+    calib = read_calibration(out)
+    long = [s for s in calib.samples if s.record_index == 2]
+    assert sorted(s.bucket for s in long) == [96, 160, 320]
+    assert all(len(s.input_ids) == s.bucket for s in calib.samples)
+    assert len({s.sample_id for s in calib.samples}) == len(calib.samples)
+    # Shorter lengths cut more of the same document.
+    cuts = [s.cut_tokens for s in sorted(long, key=lambda s: s.bucket)]
+    assert cuts[0] > cuts[1] > cuts[2] >= 0

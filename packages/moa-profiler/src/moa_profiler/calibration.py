@@ -1,9 +1,11 @@
 """Build a model-aligned calibration set: chat template, greedy answers from the model, exact lengths.
 
 For each record the prompt (chat template with ``add_generation_prompt=True``, or plain text) is
-tokenised once with character offsets, which locate the context tokens. A record goes to the
-largest bucket N not longer than its prompt; its context is cut in the middle so that
-``prompt + answer`` has exactly N tokens. The answer length is only known after generation, so
+tokenised once with character offsets, which locate the context tokens. With ``fit="largest"``
+(synthetic tasks drawn just above each length) a record goes to the largest bucket N not longer
+than its prompt; with ``fit="each"`` (documents, as MoA does) it feeds every bucket it can fill,
+one sample per bucket, each answered by the model for its own cut. Either way the context is cut
+in the middle so that ``prompt + answer`` has exactly N tokens. The answer length is only known after generation, so
 generation runs in rounds: first on the prompt cut for a ``max_new_tokens`` answer; an answer of
 ``a < cap`` tokens re-fits the prompt for exactly ``a`` answer tokens and regenerates with cap ``a``
 until the answer fills its room (lengths only shrink, so this ends; usually after two rounds).
@@ -45,6 +47,9 @@ class CalibrationSettings:
         skip_unfit: Drop records that fit no bucket (with a warning) instead of failing.
         max_per_bucket: Keep at most this many samples per bucket (None: all).
         system: Optional system message for the chat template.
+        fit: ``largest``: a record feeds the largest bucket it fills, cutting at most ``max_cut``
+            of its context. ``each``: a record feeds every bucket not longer than its prompt
+            (``max_cut`` does not apply: cutting a document to each length is the point).
     """
 
     buckets: tuple[int, ...]
@@ -55,6 +60,11 @@ class CalibrationSettings:
     skip_unfit: bool = False
     max_per_bucket: int | None = None
     system: str | None = None
+    fit: str = "largest"
+
+    def __post_init__(self) -> None:
+        if self.fit not in ("largest", "each"):
+            raise CalibrationError(f"fit must be 'largest' or 'each', got {self.fit!r}")
 
 
 @dataclass(frozen=True)
@@ -121,8 +131,8 @@ def fit_prompt(prompt: EncodedPrompt, keep: int) -> list[int]:
     return ids[: prompt.c0 + head] + ids[prompt.c1 - tail : prompt.c1] + ids[prompt.c1 :]
 
 
-def _bucket(prompt: EncodedPrompt, settings: CalibrationSettings, name: str) -> int | None:
-    """The largest bucket the prompt can fill, or None (or an error) when it fits none."""
+def _buckets(prompt: EncodedPrompt, settings: CalibrationSettings, name: str) -> list[int]:
+    """The buckets the prompt feeds (the largest it fills, or each it fills); an error or [] when none."""
     size, context, cap = len(prompt.ids), prompt.c1 - prompt.c0, settings.max_new_tokens
     fitting = [b for b in sorted(settings.buckets) if b <= size]
     problem = None
@@ -131,20 +141,21 @@ def _bucket(prompt: EncodedPrompt, settings: CalibrationSettings, name: str) -> 
             f"{name} has {size} prompt tokens, shorter than every bucket ({min(settings.buckets)} is the smallest)"
         )
     else:
-        bucket = fitting[-1]
-        keep = bucket - cap - prompt.overhead
-        if keep < 2:
-            problem = f"{name}: template and question ({prompt.overhead} tokens) plus a {cap}-token answer do not fit bucket {bucket}"
-        elif (context - keep) / context > settings.max_cut:
+        chosen = fitting if settings.fit == "each" else fitting[-1:]
+        room = [b for b in chosen if b - cap - prompt.overhead >= 2]
+        keep = chosen[-1] - cap - prompt.overhead
+        if not room:
+            problem = f"{name}: template and question ({prompt.overhead} tokens) plus a {cap}-token answer do not fit bucket {chosen[-1]}"
+        elif settings.fit == "largest" and (context - keep) / context > settings.max_cut:
             problem = (
-                f"{name} has {size} prompt tokens, longer than every bucket: fitting it to {bucket} would cut "
+                f"{name} has {size} prompt tokens, longer than every bucket: fitting it to {chosen[-1]} would cut "
                 f"{(context - keep) / context:.0%} of its context (--max-cut {settings.max_cut:g})"
             )
         else:
-            return bucket
+            return room
     if settings.skip_unfit:
         logger.warning("skipping %s", problem)
-        return None
+        return []
     raise CalibrationError(problem)
 
 
@@ -169,14 +180,14 @@ def _check_template(tokenizer: Any, prompt: EncodedPrompt, answer: list[int], st
 def _answer_in_rounds(
     model: torch.nn.Module,
     tokenizer: Any,
-    prompts: dict[int, tuple[EncodedPrompt, int]],
+    prompts: dict[tuple[int, int], tuple[EncodedPrompt, int]],
     settings: CalibrationSettings,
     stops: set[int],
     progress: bool,
-) -> dict[int, tuple[list[int], list[int]]]:
+) -> dict[tuple[int, int], tuple[list[int], list[int]]]:
     """Generate until every answer fills the room its fitted prompt leaves: ``{index: (prompt ids, answer ids)}``."""
     pending = {index: settings.max_new_tokens for index in prompts}
-    done: dict[int, tuple[list[int], list[int]]] = {}
+    done: dict[tuple[int, int], tuple[list[int], list[int]]] = {}
     bar = tqdm(total=len(prompts), desc="answering", unit="sample", disable=not progress)
     while pending:
         order = sorted(pending)
@@ -214,28 +225,30 @@ def build_calibration(
     """
     if not records:
         raise CalibrationError("the calibration input holds no records")
-    prompts: dict[int, tuple[EncodedPrompt, int]] = {}
+    prompts: dict[tuple[int, int], tuple[EncodedPrompt, int]] = {}
     per_bucket: dict[int, int] = {}
     for index, record in enumerate(records):
         prompt = encode_prompt(tokenizer, record, template=settings.template, system=settings.system)
-        bucket = _bucket(prompt, settings, f"record {index} ({record.task})")
-        if bucket is None or per_bucket.get(bucket, 0) >= (settings.max_per_bucket or len(records)):
-            continue
-        per_bucket[bucket] = per_bucket.get(bucket, 0) + 1
-        prompts[index] = (prompt, bucket)
+        for bucket in _buckets(prompt, settings, f"record {index} ({record.task})"):
+            if per_bucket.get(bucket, 0) >= (settings.max_per_bucket or len(records)):
+                continue
+            per_bucket[bucket] = per_bucket.get(bucket, 0) + 1
+            prompts[(index, bucket)] = (prompt, bucket)
     if not prompts:
         raise CalibrationError("no record fits any bucket")
     stops = stop_token_ids(model, tokenizer)
     done = _answer_in_rounds(model, tokenizer, prompts, settings, stops, progress)
     samples, mismatched = [], 0
-    for i in sorted(done):
-        prompt, bucket = prompts[i]
-        ids, answer = done[i]
+    several = settings.fit == "each" and len(settings.buckets) > 1
+    for key in sorted(done):
+        i = key[0]
+        prompt, bucket = prompts[key]
+        ids, answer = done[key]
         record = records[i]
         mismatched += not _check_template(tokenizer, prompt, answer, stops, f"record {i}")
         samples.append(
             CalibrationSample(
-                sample_id=f"{record.task}-{i}",
+                sample_id=f"{record.task}-{i}-{bucket}" if several else f"{record.task}-{i}",
                 bucket=bucket,
                 input_ids=ids + answer,
                 answer_start=len(ids),

@@ -124,6 +124,12 @@ def _calibration_inputs(
 @click.option(
     "--max-cut", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True, help="Most context a fit may cut."
 )
+@click.option(
+    "--fit",
+    type=click.Choice(["each", "largest"]),
+    help="each: a record feeds every length it can fill, cut to each (MoA's way with documents; default with "
+    "--records). largest: only the largest length it fills (default with --task, whose records are drawn per length).",
+)
 @click.option("--skip-unfit", is_flag=True, help="Drop records that fit no length instead of failing.")
 @click.option("--max-per-bucket", type=click.IntRange(min=1), help="Keep at most this many samples per length.")
 @click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="float32", show_default=True)
@@ -148,6 +154,7 @@ def calibrate(
     template: str,
     system: str | None,
     max_cut: float,
+    fit: str | None,
     skip_unfit: bool,
     max_per_bucket: int | None,
     dtype: str,
@@ -176,6 +183,7 @@ def calibrate(
         skip_unfit=skip_unfit,
         max_per_bucket=max_per_bucket,
         system=system,
+        fit=fit or ("each" if records is not None else "largest"),
     )
     inputs, source = _calibration_inputs(tokenizer, records, task, lengths, num_samples, seed, template, system)
     model = _run(load_model, model_path, dtype=dtype, device=_device(device), device_map=_device_map(device_map))
@@ -190,6 +198,7 @@ def calibrate(
         "max_new_tokens": max_new_tokens,
         "template": template,
         "lengths": sorted(set(lengths)),
+        "fit": settings.fit,
     }
     _run(write_calibration, out, CalibrationSet(samples=samples, provenance=provenance))
     per_length = {n: sum(s.bucket == n for s in samples) for n in sorted(set(lengths))}
