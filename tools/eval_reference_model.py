@@ -24,10 +24,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer
+from transformers import AttentionInterface
 
-from moa_plan import span
+from moa_plan import MoaError, resolve_model_source, span
 from moa_plan.tasks import generate, score, to_messages
+from moa_runtime.loading import load_model_and_tokenizer
 
 _WINDOW = {"sink": 64, "window": 1 << 30}
 
@@ -118,7 +119,7 @@ def evaluate(model, tokenizer, tasks, lengths, samples, seed) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", type=Path, default=Path("models/moa-reference"))
+    p.add_argument("--model", type=Path, default=Path("models/moa-reference"), help="model directory or .gguf file")
     p.add_argument("--lengths", default="512,1024,2048")
     p.add_argument("--tasks", default="lines,passkey")
     p.add_argument("--samples", type=int, default=200)
@@ -129,12 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    if not (args.model / "config.json").is_file():
-        print(f"Error: {args.model} holds no model (config.json missing).", file=sys.stderr)
+    try:
+        resolve_model_source(args.model, require_weights=True)
+    except MoaError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, attn_implementation="sdpa").eval()
+    try:
+        model, tokenizer = load_model_and_tokenizer(args.model, attn_implementation="sdpa")
+    except MoaError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
     lengths = [int(x) for x in args.lengths.split(",")]
     t0 = time.time()
     result = {"dense": evaluate(model, tokenizer, args.tasks.split(","), lengths, args.samples, args.seed)}

@@ -23,12 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_reference_model import make_records
 
+from moa_plan import MoaError, resolve_model_source
 from moa_plan.tasks import to_messages
+from moa_runtime.loading import load_model_and_tokenizer
 
 
 @torch.no_grad()
@@ -107,7 +108,7 @@ def heatmap(shares: dict[str, np.ndarray], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", type=Path, default=Path("models/moa-reference"))
+    p.add_argument("--model", type=Path, default=Path("models/moa-reference"), help="model directory or .gguf file")
     p.add_argument("--task", default="lines")
     p.add_argument("--length", type=int, default=2048)
     p.add_argument("--samples", type=int, default=16)
@@ -118,15 +119,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--png", type=Path, default=Path("head_analysis.png"))
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    if not (args.model / "config.json").is_file():
-        print(f"Error: {args.model} holds no model (config.json missing).", file=sys.stderr)
+    try:
+        resolve_model_source(args.model, require_weights=True)
+    except MoaError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
         return 2
     if args.length <= args.sink + args.local + args.question_rows:
         print(f"Error: length {args.length} must exceed sink + local + question rows.", file=sys.stderr)
         return 2
     torch.set_num_threads(2)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, attn_implementation="eager").eval()
+    try:
+        model, tokenizer = load_model_and_tokenizer(args.model, attn_implementation="eager")
+    except MoaError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
     records = make_records(tokenizer, args.task, args.length, args.samples, args.seed)
     shares = attention_shares(model, tokenizer, records, args.sink, args.local, args.question_rows)
     print(render(shares))

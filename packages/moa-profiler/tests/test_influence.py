@@ -309,3 +309,45 @@ def test_ablation_settings_and_mask_errors(setup):
     q = torch.zeros(1, 4, 5, 8)
     with pytest.raises(ProfilerError, match="no layer_idx"), masking(0, 0, 2, 1):
         profiling_attention(torch.nn.Identity(), q, q[:, :2], q[:, :2], None)
+
+
+def test_greedy_path_equals_a_brute_force_greedy_on_explicit_masks(setup, tmp_path):
+    """Each round: the mean loss of one more cut on top of the cuts so far, cheapest `group` cut first."""
+    from moa_profiler.greedy import ablation_histogram, greedy_path
+
+    model, ids, start, stop = setup
+    settings = InfluenceSettings(sink=4, block=8, statistic="greedy", greedy_group=2, greedy_stop=0.75)
+    samples = [(ids, start, stop), (ids.roll(5), start, stop)]
+    model.set_attn_implementation("moa_profile")
+    path = greedy_path(model, samples, settings, checkpoint=tmp_path / "g.json", key="k")
+    length = len(ids)
+    i = torch.arange(length)[:, None]
+    j = torch.arange(length)[None, :]
+    outside = ~((j < 4) | (i - j < 8))
+
+    def loss_with(cut: list[tuple[int, int]]) -> float:
+        drop = {layer: torch.zeros(8, length, length, dtype=torch.bool) for layer in range(2)}
+        for layer, kv in cut:
+            drop[layer][2 * kv : 2 * kv + 2] = outside
+        return float(np.mean([oracle_loss(model, x, a, b, drop) for x, a, b in samples]))
+
+    cut: list[tuple[int, int]] = []
+    values: dict[tuple[int, int], float] = {}
+    heads = [(layer, kv) for layer in range(2) for kv in range(4)]
+    while len(cut) < 6:
+        base = loss_with(cut)
+        remaining = [h for h in heads if h not in cut]
+        trial = {h: loss_with([*cut, h]) - base for h in remaining}
+        values.update(trial)
+        cut += sorted(remaining, key=lambda h: (trial[h], h))[:2]
+    assert path.order == cut
+    for h in heads:
+        assert path.values[h] == pytest.approx(values[h], abs=1e-9)
+    assert len(path.losses) == 3 and path.losses[0] == pytest.approx(loss_with([]), abs=1e-9)
+    # A resumed search (checkpoint of the finished rounds) does no work and gives the same path.
+    again = greedy_path(model, samples, settings, checkpoint=tmp_path / "g.json", key="k")
+    assert again.order == path.order and again.values == path.values
+    # As a profile: tail sums at distances <= block give each head's (clipped) marginal, split over its query heads.
+    hist = ablation_histogram(path, 2, 8, 4, length, settings)
+    for (layer, kv), value in values.items():
+        assert float(hist[layer, 2 * kv : 2 * kv + 2, 8:].sum()) == pytest.approx(max(value, 0.0), abs=1e-9)

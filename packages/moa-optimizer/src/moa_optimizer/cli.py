@@ -94,6 +94,12 @@ def _run(ctx_fn: Any) -> Any:
     show_default=True,
     help="Divide the rule grid's alpha and beta steps by this (1: the original MoA grid; 2: betas in 16ths).",
 )
+@click.option(
+    "--alphas",
+    help="Rule-grid alphas, comma-separated (replaces the default grid with the Cartesian product of --alphas "
+    "and --betas; e.g. --alphas 0,320 --betas 0,1: each head whole or sink + a fixed window, DuoAttention-style).",
+)
+@click.option("--betas", help="Rule-grid betas in [0, 1], comma-separated (with or without --alphas).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--show-rules", is_flag=True, help="Print the rule grid (spans at every constrained length) first.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output directory.")
@@ -114,6 +120,8 @@ def optimize_command(
     points: int,
     threads: int,
     grid_resolution: int,
+    alphas: str | None,
+    betas: str | None,
     no_plots: bool,
     show_rules: bool,
     out: Path,
@@ -145,6 +153,8 @@ def optimize_command(
         objective_length=objective_length,
         points=points,
         grid_resolution=grid_resolution,
+        alphas=_numbers(alphas, "--alphas"),
+        betas=_numbers(betas, "--betas"),
     )
     fn = _run(lambda: load_optimizer(optimizer_name))
     paths = [first, *more]
@@ -157,7 +167,13 @@ def optimize_command(
         lengths_all = config.constrained_lengths(profiled)
         grid = _run(
             lambda: make_grid(
-                lengths_all, profiled, sink=profiles[0].sink, block=profiles[0].block, resolution=grid_resolution
+                lengths_all,
+                profiled,
+                alphas=config.alphas,
+                betas=config.betas,
+                sink=profiles[0].sink,
+                block=profiles[0].block,
+                resolution=grid_resolution,
             )
         )
         click.echo(format_rule_table(grid, lengths_all))
@@ -170,6 +186,18 @@ def optimize_command(
         return
     click.echo(format_summary(table))
     click.echo(f"wrote {len(plans)} plan(s), summary.parquet{'' if no_plots else ', pareto.png, heatmaps'} to {out}")
+
+
+def _numbers(text: str | None, option: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=option) from None
+    if not values:
+        raise click.BadParameter("expected at least one number", param_hint=option)
+    return values
 
 
 def _positive_int(text: str) -> int:

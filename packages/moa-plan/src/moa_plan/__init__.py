@@ -6,9 +6,11 @@ Importing it does nothing else (no registration, no I/O).
 
 from moa_plan._version import __version__
 from moa_plan.budget import Budget, check_budget
-from moa_plan.errors import MoaError, PlanError, ProfileError, RecordsError
+from moa_plan.errors import MoaError, ModelSourceError, PlanError, ProfileError, RecordsError
 from moa_plan.fingerprint import ModelFingerprint
+from moa_plan.gguf import GGUFHeader, GGUFTensorInfo, check_gguf, fingerprint_from_gguf, read_gguf_header
 from moa_plan.io import atomic_write, atomic_write_bytes, atomic_write_text
+from moa_plan.model_source import ModelSource, resolve_model_source
 from moa_plan.original import export_moa_json, import_moa_json
 from moa_plan.plan import FORMAT_VERSION, Plan, Provenance, load_plan, save_plan
 from moa_plan.profile import PROFILE_FORMAT_VERSION, Profile, load_profile, save_profile
@@ -31,8 +33,12 @@ __all__ = [
     "PROFILE_FORMAT_VERSION",
     "Budget",
     "ElasticRule",
+    "GGUFHeader",
+    "GGUFTensorInfo",
     "MoaError",
     "ModelFingerprint",
+    "ModelSource",
+    "ModelSourceError",
     "Plan",
     "PlanError",
     "Profile",
@@ -46,13 +52,17 @@ __all__ = [
     "atomic_write_text",
     "attention_density",
     "check_budget",
+    "check_gguf",
     "export_moa_json",
+    "fingerprint_from_gguf",
     "import_moa_json",
     "kv_density",
     "load_plan",
     "load_profile",
     "mask_area",
+    "read_gguf_header",
     "read_records",
+    "resolve_model_source",
     "save_plan",
     "save_profile",
     "span",

@@ -116,7 +116,9 @@ def _load_any(path: Path, model: str | None) -> Plan:
 @plan_group.command("show")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--lengths", type=LengthList(), default=",".join(map(str, DEFAULT_LENGTHS)), show_default=True)
-@click.option("--model", help="Model directory or config.json (to import an original MoA plan onto a GQA model).")
+@click.option(
+    "--model", help="Model directory, config.json or .gguf file (to import an original MoA plan onto a GQA model)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of tables.")
 def show(path: Path, lengths: list[int], model: str | None, as_json: bool) -> None:
     """Show a plan's rules per layer and its densities at LENGTHS.
@@ -165,7 +167,7 @@ def show(path: Path, lengths: list[int], model: str | None, as_json: bool) -> No
 
 @plan_group.command("validate")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--model", help="Model directory or config.json the plan must fit.")
+@click.option("--model", help="Model directory, config.json or .gguf file the plan must fit.")
 @click.option("--budget", type=float, help="Upper bound on mean KV density at every --lengths.")
 @click.option("--lower", type=float, default=0.0, show_default=True, help="Lower bound on mean KV density.")
 @click.option("--lengths", type=LengthList(), default=",".join(map(str, DEFAULT_LENGTHS)), show_default=True)
@@ -201,7 +203,7 @@ def validate(
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--from", "from_format", type=click.Choice(["moa-json"]), help="Import from the original MoA format.")
 @click.option("--to", "to_format", type=click.Choice(["moa-json"]), help="Export to the original MoA format.")
-@click.option("--model", help="Model directory or config.json (needed for GQA models when importing).")
+@click.option("--model", help="Model directory, config.json or .gguf file (needed for GQA models when importing).")
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output file.")
 def convert(source: Path, from_format: str | None, to_format: str | None, model: str | None, out: Path) -> None:
     """Convert between moa plans and the original MoA alphas/betas JSON."""
@@ -236,7 +238,7 @@ def _write_baseline(plan: Plan, out: Path) -> None:
 
 
 @plan_group.command("dense")
-@click.option("--model", required=True, help="Model directory or config.json.")
+@click.option("--model", required=True, help="Model directory, config.json or .gguf file.")
 @click.option("--sink", type=click.IntRange(min=0), default=64, show_default=True)
 @click.option("--block", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True)
@@ -246,7 +248,7 @@ def dense(model: str, sink: int, block: int, out: Path) -> None:
 
 
 @plan_group.command("uniform")
-@click.option("--model", required=True, help="Model directory or config.json.")
+@click.option("--model", required=True, help="Model directory, config.json or .gguf file.")
 @click.option("--fraction", type=click.FloatRange(min=0.0, max=1.0, min_open=True), required=True)
 @click.option("--sink", type=click.IntRange(min=0), default=64, show_default=True)
 @click.option("--block", type=click.IntRange(min=1), default=64, show_default=True)

@@ -7,7 +7,7 @@ The `moa` command turns it into exit code 2 without a traceback.
 
 from __future__ import annotations
 
-__all__ = ["MoaError", "PlanError", "ProfileError", "RecordsError"]
+__all__ = ["ModelSourceError", "MoaError", "PlanError", "ProfileError", "RecordsError"]
 
 
 class MoaError(Exception):
@@ -31,3 +31,7 @@ class ProfileError(MoaError):
 
 class RecordsError(MoaError):
     """A dataset records file is malformed."""
+
+
+class ModelSourceError(MoaError):
+    """A ``--model`` path is neither a usable model directory nor a whole GGUF file."""

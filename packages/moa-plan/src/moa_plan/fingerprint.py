@@ -102,22 +102,35 @@ class ModelFingerprint(BaseModel):
 
     @classmethod
     def from_model_path(cls, path: str | Path) -> ModelFingerprint:
-        """Fingerprint from a model directory (its ``config.json``) or a config JSON file.
+        """Fingerprint from a model directory (its ``config.json``), a config JSON file or a ``.gguf`` file.
+
+        A GGUF file is checked whole (`moa_plan.gguf.check_gguf`) and fingerprinted from its
+        header metadata, without reading the weights.
 
         Raises:
-            PlanError: if the path or its config.json is missing or unreadable.
+            PlanError: if the path or its config.json is missing, unreadable or lacks the layer counts.
+            ModelSourceError: if a ``.gguf`` file is not a whole GGUF file or lacks the layer counts.
         """
         p = Path(path)
+        if p.suffix.lower() == ".gguf" and p.is_file():
+            from moa_plan.gguf import check_gguf, fingerprint_from_gguf
+
+            return fingerprint_from_gguf(check_gguf(p).metadata, source=p)
         cfg = p / "config.json" if p.is_dir() else p
         if not cfg.is_file():
-            raise PlanError(f"{path}: no model config found (expected a directory with config.json or a JSON file)")
+            raise PlanError(
+                f"{path}: no model config found (expected a directory with config.json, a JSON file or a .gguf file)"
+            )
         try:
             data = json.loads(cfg.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise PlanError(f"{cfg}: cannot read model config ({exc.__class__.__name__}: {exc})") from None
         if not isinstance(data, dict):
             raise PlanError(f"{cfg}: model config must be a JSON object")
-        return cls.from_config(data)
+        try:
+            return cls.from_config(data)
+        except PlanError as exc:
+            raise PlanError(f"{cfg}: {exc}") from None
 
     def differences(self, other: ModelFingerprint) -> list[str]:
         """Fields recorded in both fingerprints that differ, as ``"field: self != other"``."""

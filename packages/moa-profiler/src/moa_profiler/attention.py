@@ -7,6 +7,8 @@ un-repeated keys and values ``[H, T, D]`` (after RoPE) and the output ``[HQ, T, 
 output so the backward pass stores ``dO = dL/do``. Outside `recording` it is plain SDPA. Inside
 `masking(layer, kv_head, window, sink)` the query heads of one KV head of one layer see only the
 sink and the last ``window`` keys (what a plan's span does to them): the ablation statistic.
+Nested `masking` blocks add up (every head named by an enclosing block is cut), which is how the
+greedy statistic measures one more cut on top of the heads it has already cut.
 Only unpadded batches of one sequence are profiled, so no mask is needed: the name has no entry in
 transformers' mask registry and the function applies causality itself.
 """
@@ -36,8 +38,8 @@ __all__ = [
 
 PROFILE_ATTENTION = "moa_profile"
 _ACTIVE: ContextVar[Recorder | None] = ContextVar("moa_profiler_recorder", default=None)
-# (layer, kv_head, window, sink) of the one KV head whose keys are cut, or None.
-_MASK: ContextVar[tuple[int, int, int, int] | None] = ContextVar("moa_profiler_mask", default=None)
+# (layer, kv_head, window, sink) of every KV head whose keys are cut.
+_MASK: ContextVar[tuple[tuple[int, int, int, int], ...]] = ContextVar("moa_profiler_mask", default=())
 
 
 @dataclass
@@ -100,21 +102,22 @@ def masking(layer: int, kv_head: int, window: int, sink: int) -> Iterator[None]:
     """
     if window < 1 or sink < 0:
         raise ProfilerError(f"a masked window must be >= 1 and the sink >= 0, got window {window}, sink {sink}")
-    token = _MASK.set((layer, kv_head, window, sink))
+    token = _MASK.set((*_MASK.get(), (layer, kv_head, window, sink)))
     try:
         yield
     finally:
         _MASK.reset(token)
 
 
-def _span_mask(length: int, heads: int, group: int, kv_head: int, window: int, sink: int, device: Any) -> torch.Tensor:
-    """``[1, heads, T, T]`` boolean keep-mask: causal, and sink + window for ``kv_head``'s query heads."""
+def _span_mask(length: int, heads: int, group: int, cuts: list[tuple[int, int, int]], device: Any) -> torch.Tensor:
+    """``[1, heads, T, T]`` boolean keep-mask: causal, and sink + window for each cut ``(kv_head, window, sink)``."""
     i = torch.arange(length, device=device)[:, None]
     j = torch.arange(length, device=device)[None, :]
     causal = j <= i
-    cut = causal & ((j < sink) | (i - j < window))
     mask = causal.expand(heads, length, length).clone()
-    mask[kv_head * group : (kv_head + 1) * group] = cut
+    for kv_head, window, sink in cuts:
+        rows = mask[kv_head * group : (kv_head + 1) * group]
+        rows &= (j < sink) | (i - j < window)
     return mask[None]
 
 
@@ -158,13 +161,15 @@ def profiling_attention(
     k = key.repeat_interleave(group, dim=1) if group > 1 else key
     v = value.repeat_interleave(group, dim=1) if group > 1 else value
     layer = getattr(module, "layer_idx", None)
-    cut = _MASK.get()
-    if cut is not None and layer is None:
+    every = _MASK.get()
+    if every and layer is None:
         raise ProfilerError("the attention module has no layer_idx, so one layer's heads cannot be cut (ablation)")
-    if cut is not None and layer is not None and int(layer) == cut[0]:
-        if not 0 <= cut[1] < kv_heads:
-            raise ProfilerError(f"layer {layer} has {kv_heads} KV heads, no KV head {cut[1]}")
-        mask = _span_mask(length, heads, group, cut[1], cut[2], cut[3], query.device)
+    cuts = [(kv, window, sink) for at, kv, window, sink in every if layer is not None and at == int(layer)]
+    if cuts:
+        bad = [kv for kv, _, _ in cuts if not 0 <= kv < kv_heads]
+        if bad:
+            raise ProfilerError(f"layer {layer} has {kv_heads} KV heads, no KV head {bad[0]}")
+        mask = _span_mask(length, heads, group, cuts, query.device)
         out = F.scaled_dot_product_attention(query, k, v, attn_mask=mask, scale=scale)
     else:
         out = F.scaled_dot_product_attention(query, k, v, is_causal=length > 1, scale=scale)

@@ -42,7 +42,8 @@ class CalibrationSettings:
         buckets: Exact sample lengths N (tokens).
         max_new_tokens: Cap on answer tokens.
         batch_size: Generation batch (left padded).
-        template: ``chat`` (the tokenizer's chat template, required) or ``plain`` (raw text).
+        template: ``chat`` (the tokenizer's chat template, required) or ``plain`` (raw text). Records in
+            completion form (``metadata["format"] == "completion"``) are always plain text.
         max_cut: Largest fraction of a record's context that fitting may remove.
         skip_unfit: Drop records that fit no bucket (with a warning) instead of failing.
         max_per_bucket: Keep at most this many samples per bucket (None: all).
@@ -228,7 +229,10 @@ def build_calibration(
     prompts: dict[tuple[int, int], tuple[EncodedPrompt, int]] = {}
     per_bucket: dict[int, int] = {}
     for index, record in enumerate(records):
-        prompt = encode_prompt(tokenizer, record, template=settings.template, system=settings.system)
+        # A completion-form record (its question ends with the start of the answer) is plain text whatever
+        # the template: the model continues it.
+        template = "plain" if record.metadata.get("format") == "completion" else settings.template
+        prompt = encode_prompt(tokenizer, record, template=template, system=settings.system)
         for bucket in _buckets(prompt, settings, f"record {index} ({record.task})"):
             if per_bucket.get(bucket, 0) >= (settings.max_per_bucket or len(records)):
                 continue

@@ -226,11 +226,27 @@ def calibrate(
 @click.option("--block-map/--no-block-map", default=False, show_default=True, help="Also store the 2-D block map.")
 @click.option(
     "--statistic",
-    type=click.Choice(["influence", "ablation"]),
+    type=click.Choice(["influence", "ablation", "greedy"]),
     default="influence",
     show_default=True,
     help="influence: MoA's first-order |E| (one backward per sample). ablation: the measured loss of cutting "
-    "each KV head to sink + window (layers x KV heads x --ablation-points forwards per sample; small models).",
+    "each KV head to sink + window (layers x KV heads x --ablation-points forwards per sample; small models). "
+    "greedy: cut heads to sink + one block cheapest first, measuring each cut on top of the cuts before it "
+    "(captures heads that only matter together; see --greedy-group, --greedy-stop).",
+)
+@click.option(
+    "--greedy-group",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="KV heads cut per greedy round (0: an eighth of them).",
+)
+@click.option(
+    "--greedy-stop",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.75,
+    show_default=True,
+    help="Fraction of the KV heads the greedy search cuts before it stops.",
 )
 @click.option(
     "--ablation-points",
@@ -266,6 +282,8 @@ def profile(
     block: int,
     block_map: bool,
     statistic: str,
+    greedy_group: int,
+    greedy_stop: float,
     ablation_points: int,
     max_samples: int | None,
     chunk_elements: int | None,
@@ -327,6 +345,8 @@ def profile(
             max_elements=chunk_elements,
             statistic=statistic,
             ablation_points=ablation_points,
+            greedy_group=greedy_group,
+            greedy_stop=greedy_stop,
         ),
         checkpoint_dir=checkpoint_dir or out / ".checkpoints",
         checkpoint_every=checkpoint_every,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from moa_plan import ModelFingerprint, Profile, save_profile
+from moa_plan import ModelFingerprint, Profile, atomic_write_text, save_profile
 from moa_profiler.checkpoint import PartialSums, load_checkpoint, save_checkpoint
 from moa_profiler.dataset import CalibrationSample
 from moa_profiler.distributed import World, all_reduce_sum, barrier
@@ -77,6 +77,7 @@ def _key(
         json.dumps(
             [fp.model_dump(), length, s.sink, s.block, s.block_map, str(s.dtype), world.rank, world.size]
             + ([s.statistic, s.ablation_points] if s.statistic != "influence" else [])
+            + ([s.greedy_group, s.greedy_stop] if s.statistic == "greedy" else [])
         ).encode()
     )
     return digest.hexdigest()
@@ -125,10 +126,55 @@ def profile_length(
         ckpt = settings.checkpoint_dir / f"profile-{length}.rank{world.rank}-of-{world.size}.ckpt.safetensors"
     sums = None if ckpt is None or settings.restart else load_checkpoint(ckpt, key)
     sums = sums or _zeros(fingerprint, length, s)
+    if s.statistic == "greedy":
+        _greedy(model, fingerprint, mine, sums, settings, world, device, ckpt, key, length, out)
+        return _finish(fingerprint, length, sums, out, settings, world, device, started, None)
     if sums.done:
         logger.info("length %d rank %d: resuming after %d samples", length, world.rank, len(sums.done))
     _accumulate(model, mine, sums, settings, world, device, ckpt, key, f"profile {length}")
     return _finish(fingerprint, length, sums, out, settings, world, device, started, ckpt)
+
+
+def _greedy(
+    model: torch.nn.Module,
+    fp: ModelFingerprint,
+    mine: Sequence[CalibrationSample],
+    sums: PartialSums,
+    settings: RunSettings,
+    world: World,
+    device: torch.device,
+    ckpt: Path | None,
+    key: str,
+    length: int,
+    out: Path,
+) -> None:
+    """The greedy search over all samples at once (it is not a per-sample sum): one rank only."""
+    from moa_profiler.greedy import ablation_histogram, greedy_path
+
+    if world.size > 1:
+        raise ProfilerError("the greedy statistic measures all samples together; run it in one process, not torchrun")
+    samples = [(torch.tensor(x.input_ids, dtype=torch.long, device=device), x.answer_start, x.answer_end) for x in mine]
+    show = settings.progress and world.is_main
+    path = greedy_path(
+        model,
+        samples,
+        settings.influence,
+        checkpoint=None if ckpt is None else ckpt.with_suffix(".greedy.json"),
+        key=key,
+        progress=(lambda m: tqdm.write(m)) if show else (lambda m: logger.info("%s", m)),
+    )
+    hist = ablation_histogram(
+        path, fp.num_layers, fp.num_attention_heads, fp.num_key_value_heads, length, settings.influence
+    )
+    count = len(samples)
+    sums.hist = hist * count
+    sums.loss = path.losses[0] * count
+    sums.done = [x.sample_id for x in mine]
+    if world.is_main:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out.with_name(out.stem + ".greedy.json"), json.dumps(path.to_json()) + "\n")
+    if ckpt is not None:
+        ckpt.with_suffix(".greedy.json").unlink(missing_ok=True)
 
 
 def _accumulate(
@@ -195,6 +241,12 @@ def _finish(
     mean_hist = hist / count
     if s.statistic == "ablation":
         mean_hist = monotone_ablation(mean_hist, length, s)
+    notes = {
+        "ablation": "moa-profiler: mean over samples of the measured answer-loss increase of cutting each KV head "
+        f"(ablation, up to {s.ablation_points} windows per head), as a distance histogram",
+        "greedy": "moa-profiler: greedy search, each KV head's measured marginal answer-loss increase of being cut to "
+        "the sink + one block on top of the heads cut before it, as a one-window distance histogram",
+    }
     profile = Profile(
         model=fp,
         length=length,
@@ -207,11 +259,8 @@ def _finish(
         versions=settings.versions,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         mean_loss=mean_loss,
-        notes=(
-            "moa-profiler: mean over samples of the measured answer-loss increase of cutting each KV head "
-            f"(ablation, up to {s.ablation_points} windows per head), as a distance histogram"
-            if s.statistic == "ablation"
-            else "moa-profiler: mean over samples of |E| summed by key distance; answer-token cross-entropy"
+        notes=notes.get(
+            s.statistic, "moa-profiler: mean over samples of |E| summed by key distance; answer-token cross-entropy"
         ),
     )
     if world.is_main:

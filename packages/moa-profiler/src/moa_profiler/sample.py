@@ -6,6 +6,7 @@ cut to the sink plus a window, for a grid of windows, one forward pass each (see
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,9 @@ __all__ = [
     "STATISTICS",
     "InfluenceSettings",
     "SampleInfluence",
+    "Reuse",
     "ablate_sample",
+    "decoder_layers",
     "ablation_windows",
     "monotone_ablation",
     "answer_loss",
@@ -29,7 +32,7 @@ __all__ = [
     "profile_sample",
 ]
 
-STATISTICS = ("influence", "ablation")
+STATISTICS = ("influence", "ablation", "greedy")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +49,8 @@ class InfluenceSettings:
             (measured loss of cutting each KV head, one forward per head and window; exact for one
             head at a time, cost ``layers x kv_heads x ablation_points`` forwards per sample).
         ablation_points: Most windows measured per KV head with ``ablation``.
+        greedy_group: KV heads cut per round with ``greedy`` (0: an eighth of them), see `moa_profiler.greedy`.
+        greedy_stop: Fraction of the KV heads the ``greedy`` search cuts before it stops.
     """
 
     sink: int = 64
@@ -55,12 +60,20 @@ class InfluenceSettings:
     dtype: torch.dtype = torch.float32
     statistic: str = "influence"
     ablation_points: int = 32
+    greedy_group: int = 0
+    greedy_stop: float = 0.75
 
     def __post_init__(self) -> None:
         if self.statistic not in STATISTICS:
             raise ProfilerError(f"unknown statistic {self.statistic!r}; expected one of {', '.join(STATISTICS)}")
         if self.statistic == "ablation" and self.block_map:
             raise ProfilerError("the ablation statistic has no block map; drop --block-map")
+        if self.statistic != "influence" and self.block_map:
+            raise ProfilerError(f"the {self.statistic} statistic has no block map; drop --block-map")
+        if not 0 < self.greedy_stop < 1 or self.greedy_group < 0:
+            raise ProfilerError(
+                f"greedy_stop must lie in (0, 1) and greedy_group be >= 0, got {self.greedy_stop}, {self.greedy_group}"
+            )
         if self.ablation_points < 1:
             raise ProfilerError(f"ablation_points must be positive, got {self.ablation_points}")
 
@@ -176,6 +189,57 @@ def profile_sample(
     return SampleInfluence(loss=value, hist=hist, sink=sink, block_map=block_map)
 
 
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList | None:
+    """The model's list of decoder layers (each with a ``self_attn``), or None if it has no such list."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) and all(hasattr(m, "self_attn") for m in module):
+            return module
+    return None
+
+
+class Reuse:
+    """Reuse the unchanged layers of the uncut forward: a cut in layer ``l`` leaves layers ``< l`` as they were.
+
+    The uncut forward records every decoder layer's output; within ``skip(l)`` layers ``0 .. l-1`` return
+    those outputs instead of computing them (an instance-level ``forward``, removed on exit). About
+    halves the cost of the ablation. Only used when each layer returns one tensor (as transformers'
+    decoder layers do) and the recorded outputs are exact: `ablate_sample` checks the reused loss.
+    """
+
+    def __init__(self, layers: torch.nn.ModuleList) -> None:
+        self.layers = layers
+        self.outputs: list[torch.Tensor | None] = [None] * len(layers)
+
+    def recording(self) -> Any:
+        handles = []
+        for k, layer in enumerate(self.layers):
+
+            def hook(module: Any, args: Any, output: Any, k: int = k) -> None:
+                self.outputs[k] = output if isinstance(output, torch.Tensor) else None
+
+            handles.append(layer.register_forward_hook(hook))
+        return handles
+
+    @property
+    def usable(self) -> bool:
+        return all(o is not None for o in self.outputs)
+
+    def skip(self, upto: int) -> Any:
+        reuse = self
+
+        class _Skip:
+            def __enter__(self) -> None:
+                for k in range(upto):
+                    out = reuse.outputs[k]
+                    reuse.layers[k].forward = lambda *a, _out=out, **kw: _out  # type: ignore[method-assign]
+
+            def __exit__(self, *exc: object) -> None:
+                for k in range(upto):
+                    reuse.layers[k].__dict__.pop("forward", None)
+
+        return _Skip()
+
+
 def ablation_windows(length: int, settings: InfluenceSettings) -> list[int]:
     """Windows measured per KV head at ``length``: multiples of the block below ``length - sink``.
 
@@ -222,13 +286,30 @@ def ablate_sample(
             raise ProfilerError(f"the answer loss is {value}; the model produces non-finite logits on this sample")
         return value
 
+    found = decoder_layers(model)
+    reuse = Reuse(found) if found is not None and len(found) == layers else None
     with torch.no_grad():
-        base = loss()
+        handles = reuse.recording() if reuse is not None else []
+        try:
+            base = loss()
+        finally:
+            for handle in handles:
+                handle.remove()
+        if reuse is not None and reuse.usable:
+            with reuse.skip(layers):
+                reused = loss()  # every layer from the record: must give the uncut loss exactly
+            if abs(reused - base) > 1e-6 * max(1.0, abs(base)):
+                reuse = None
+        else:
+            reuse = None
         for layer in range(layers):
             for kv in range(kv_heads):
                 deltas = []
                 for window in windows:
-                    with masking(layer, kv, window, settings.sink):
+                    with (
+                        masking(layer, kv, window, settings.sink),
+                        reuse.skip(layer) if reuse is not None else contextlib.nullcontext(),
+                    ):
                         deltas.append(loss() - base)
                 deltas.append(0.0)
                 for k, window in enumerate(windows):

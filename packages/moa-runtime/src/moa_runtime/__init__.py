@@ -6,6 +6,7 @@ Importing this package registers nothing; `apply_plan` (or `register`) does.
 from moa_runtime.attention import ATTN_NAME, apply_plan, moa_attention_forward, register, remove_plan
 from moa_runtime.cache import IMPLEMENTATIONS, MoACache, MoALayer
 from moa_runtime.errors import MoaRuntimeError
+from moa_runtime.loading import load_model, load_model_and_tokenizer, load_tokenizer, model_fingerprint
 from moa_runtime.positional import positional_attention
 
 __version__ = "0.1.0"
@@ -18,6 +19,10 @@ __all__ = [
     "MoaRuntimeError",
     "__version__",
     "apply_plan",
+    "load_model",
+    "load_model_and_tokenizer",
+    "load_tokenizer",
+    "model_fingerprint",
     "moa_attention_forward",
     "positional_attention",
     "register",

@@ -5,7 +5,8 @@
 Decode only: both caches are filled with random keys/values of ``length - 64`` tokens (no prefill), then
 ``--steps`` single-token forwards are timed (median of ``--repeats``). The dense baseline is transformers'
 default path (DynamicCache + SDPA, which concatenates the cache each step); the model is a random-init
-Llama with the reference model's shape unless ``--model`` names a directory. Prints one JSON line.
+Llama with the reference model's shape unless ``--model`` names a model directory or a ``.gguf`` file.
+Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ __all__ = ["decode_tokens_per_second", "main"]
 
 
 def _model(path: str | None) -> Any:
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from moa_runtime.loading import load_model
 
     if path:
-        return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).eval()
+        return load_model(path, attn_implementation=None)
     torch.manual_seed(0)
     cfg = LlamaConfig(
         vocab_size=512,
@@ -104,7 +107,7 @@ def decode_tokens_per_second(
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry: print one JSON line with the measurements and the setup."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default=None)
+    parser.add_argument("--model", default=None, help="Model directory or .gguf file (default: a random Llama).")
     parser.add_argument("--length", type=int, default=16384)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--density", type=float, default=0.25)

@@ -16,7 +16,7 @@ from moa_runtime.errors import MoaRuntimeError
 
 __all__ = ["generate_command"]
 
-_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
@@ -32,37 +32,23 @@ def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
     return prompt
 
 
-def _check_model_dir(path: Path) -> None:
-    if not path.is_dir():
-        raise MoaRuntimeError(f"model path {path} is not a directory.")
-    if not (path / "config.json").is_file():
-        raise MoaRuntimeError(f"model path {path} has no config.json.")
-    if not any(path.glob("*.safetensors")):
-        raise MoaRuntimeError(f"model path {path} has no .safetensors weights (pickled weights are never loaded).")
-
-
 def _load(model_path: Path, plan_path: Path, dtype: str, device: str, trust_remote_code: bool) -> tuple[Any, Any, Any]:
     """Validate everything cheap first (paths, plan, fingerprint), then load tokenizer and weights."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from moa_plan import Plan
+    from moa_runtime.loading import load_model, load_tokenizer, model_fingerprint
 
     hf_logging.disable_progress_bar()
 
-    _check_model_dir(model_path)
+    fingerprint = model_fingerprint(model_path, trust_remote_code=trust_remote_code)
     plan = Plan.load(plan_path)
-    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-    plan.check_compatible(config)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-    kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
-    if dtype != "auto":
-        kwargs["dtype"] = getattr(torch, _DTYPES[dtype])
-    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs).eval()
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device), tokenizer, plan
+    plan.check_compatible(fingerprint)
+    tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
+    model = load_model(
+        model_path, dtype=dtype, device=device, attn_implementation=None, trust_remote_code=trust_remote_code
+    )
+    return model, tokenizer, plan
 
 
 def _echo_streamer(tokenizer: Any) -> Any:
@@ -77,7 +63,9 @@ def _echo_streamer(tokenizer: Any) -> Any:
 
 
 @click.command("generate")
-@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path), help="Model directory.")
+@click.option(
+    "--model", "model_path", required=True, type=click.Path(path_type=Path), help="Model directory or .gguf file."
+)
 @click.option("--plan", "plan_path", required=True, type=click.Path(path_type=Path), help="Plan JSON for this model.")
 @click.option("--prompt", default=None, help="Prompt text.")
 @click.option(

@@ -34,7 +34,13 @@ def eval_group() -> None:
     help="dense | uniform:FRACTION | head:LAYER.KV_HEAD (that KV head dense, the others sink + one block) "
     "| heads (one such probe per KV head) | [NAME=]PLAN.json; repeatable.",
 )
-@click.option("--tasks", default="lines,passkey", show_default=True)
+@click.option(
+    "--tasks",
+    default="lines,passkey",
+    show_default=True,
+    help="Comma-separated: toy tasks (lines, passkey, multikey; chat form) and English tasks "
+    "(niah, niah-multi, passkey-en, lines-en).",
+)
 @click.option("--lengths", type=LengthList(), default="512,1024,2048", show_default=True)
 @click.option(
     "--samples",
@@ -45,6 +51,23 @@ def eval_group() -> None:
 )
 @click.option("--seed", type=int, default=1234, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "--form",
+    type=click.Choice(["completion", "chat"]),
+    help="Prompt form of the English tasks: completion (plain text ending with the answer's start; the "
+    "default) or chat (one user turn). The toy tasks are always chat.",
+)
+@click.option(
+    "--essays",
+    "essays_path",
+    type=click.Path(path_type=Path),
+    help="Directory of essays (*.txt) for niah / niah-multi (their evaluation split); default: the assets cache.",
+)
+@click.option(
+    "--max-new-tokens",
+    type=click.IntRange(min=1),
+    help="New tokens per answer (default: 6 for toy tasks; niah 16, niah-multi 24, passkey-en 8, lines-en 8).",
+)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
 @click.option("--json", "as_json", is_flag=True)
 def retrieval(
@@ -55,72 +78,142 @@ def retrieval(
     samples: int,
     seed: int,
     batch_size: int,
+    form: str | None,
+    essays_path: Path | None,
+    max_new_tokens: int | None,
     out: Path,
     as_json: bool,
 ) -> None:
-    """Retrieval accuracy (lines, passkey) by length x depth decile, per plan."""
-    from moa.evaluate import effective_context, load_model, parse_plan_specs, retrieval_eval
+    """Retrieval accuracy by depth x length, per plan: toy tasks and NIAH / passkey / LongEval lines in English."""
+    from moa.evaluate import effective_context, effective_context_table, load_model, parse_plan_specs, retrieval_eval
     from moa.report import retrieval_outputs
+    from moa_plan.assets import read_essays
+    from moa_plan.tasks import RETRIEVAL_TASKS, TASKS
 
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    unknown = [t for t in names if t not in TASKS + RETRIEVAL_TASKS]
+    if unknown or not names:
+        raise click.BadParameter(
+            f"unknown task {unknown[0] if unknown else tasks!r}; expected some of {', '.join(TASKS + RETRIEVAL_TASKS)}",
+            param_hint="--tasks",
+        )
+    # Read the essays before the model loads, so that missing essays fail at once.
+    essays = read_essays(essays_path) if {"niah", "niah-multi"} & set(names) else None
     model, tokenizer = load_model(model_path)
     specs = parse_plan_specs(plans, ModelFingerprint.from_config(model.config))
     rows = retrieval_eval(
         model,
         tokenizer,
         specs,
-        tasks=[t for t in tasks.split(",") if t],
+        tasks=names,
         lengths=lengths,
         samples=samples,
         seed=seed,
         batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        form=form,
+        essays=essays,
         progress=_echo_err,
     )
     table = retrieval_outputs(rows, out)
     eff = effective_context(rows)
+    by_task = effective_context_table(rows)
     if as_json:
-        click.echo(json.dumps({"rows": rows, "effective_context": eff}))
+        click.echo(json.dumps({"rows": rows, "effective_context": eff, "effective_context_by_task": by_task}))
         return
     click.echo(table)
-    click.echo(
-        "effective context length (>= 90% retrieval): "
-        + ", ".join(f"{k} {v if v is not None else '< ' + str(min(lengths))}" for k, v in eff.items())
-    )
+
+    def shown(value: int | None) -> str:
+        return str(value) if value is not None else f"< {min(lengths)}"
+
+    parts = []
+    for plan, length in eff.items():
+        tasks_of = [r for r in by_task if r["plan"] == plan and r["task"] != "all"]
+        detail = ", ".join(f"{r['task']} {shown(r['effective_length'])}" for r in tasks_of)
+        parts.append(f"{plan} {shown(length)}" + (f" ({detail})" if len(tasks_of) > 1 else ""))
+    click.echo("effective context length (>= 90% retrieval): " + ", ".join(parts))
 
 
 @eval_group.command("ppl")
 @click.option("--model", "model_path", required=True, type=click.Path(path_type=Path), help="Model directory.")
 @click.option("--plan", "plans", multiple=True, default=["dense"], show_default=True)
-@click.option("--data", required=True, type=click.Path(path_type=Path), help="Calibration-format Parquet.")
-@click.option("--max-samples", type=click.IntRange(min=1))
+@click.option("--data", type=click.Path(path_type=Path), help="Calibration-format Parquet (answer-token perplexity).")
+@click.option(
+    "--essays",
+    "essays_path",
+    is_flag=False,
+    flag_value="",
+    type=click.Path(path_type=str),
+    help="Perplexity over all tokens of held-out evaluation essays cut to each --lengths; "
+    "--essays alone reads the assets cache, --essays DIR another directory of *.txt.",
+)
+@click.option("--lengths", type=LengthList(), default="2048", show_default=True, help="Text lengths of --essays.")
+@click.option(
+    "--samples", type=click.IntRange(min=1), default=4, show_default=True, help="Texts per length of --essays."
+)
+@click.option("--seed", type=int, default=1234, show_default=True, help="Which essays start the --essays texts.")
+@click.option("--max-samples", type=click.IntRange(min=1), help="Use only the first N samples of --data.")
 @click.option("--out", type=click.Path(path_type=Path), help="Also write ppl.parquet and ppl.md here.")
 @click.option("--json", "as_json", is_flag=True)
 def ppl(
-    model_path: Path, plans: tuple[str, ...], data: Path, max_samples: int | None, out: Path | None, as_json: bool
+    model_path: Path,
+    plans: tuple[str, ...],
+    data: Path | None,
+    essays_path: str | None,
+    lengths: list[int],
+    samples: int,
+    seed: int,
+    max_samples: int | None,
+    out: Path | None,
+    as_json: bool,
 ) -> None:
-    """Perplexity on the answer tokens of a calibration-format dataset, per plan."""
+    """Perplexity per plan: on the answer tokens of a calibration set (--data) or on held-out essays (--essays)."""
     import math
 
     from moa.bench.report import markdown_table, write_parquet
-    from moa.evaluate import answer_loss, load_model, parse_plan_specs, using_plan
-    from moa_profiler import read_calibration
+    from moa.evaluate import answer_loss, essay_perplexity, load_model, parse_plan_specs, using_plan
 
-    model, _ = load_model(model_path)
+    if (data is None) == (essays_path is None):
+        raise click.UsageError("give exactly one of --data PARQUET and --essays [DIR]")
+    essays = None
+    if essays_path is not None:
+        from moa_plan.assets import read_essays
+
+        essays = read_essays(essays_path or None)
+    model, tokenizer = load_model(model_path)
     specs = parse_plan_specs(plans, ModelFingerprint.from_config(model.config))
-    samples = read_calibration(data).samples[:max_samples]
-    rows = []
-    for spec in specs:
-        with using_plan(model, spec.plan):
-            loss = answer_loss(model, samples)
-        rows.append({"plan": spec.name, "loss": loss, "ppl": math.exp(loss), "samples": len(samples)})
+    if essays is not None:
+        from moa_plan.tasks import essay_ppl_texts
+
+        def count(text: str) -> int:
+            return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+        # The tokenizer's own special tokens (a BOS) count towards the length.
+        overhead = len(tokenizer("a").input_ids) - count("a")
+        texts = {n: essay_ppl_texts(samples, n, count, seed, essays=essays, overhead=overhead) for n in lengths}
+        rows = essay_perplexity(model, tokenizer, specs, texts, progress=_echo_err)
+        columns = ["plan", "length", "loss", "ppl", "samples", "tokens", "kv_density"]
+    else:
+        from moa_profiler import read_calibration
+
+        assert data is not None
+        calibration = read_calibration(data).samples[:max_samples]
+        rows = []
+        for spec in specs:
+            with using_plan(model, spec.plan):
+                loss = answer_loss(model, calibration)
+            rows.append({"plan": spec.name, "loss": loss, "ppl": math.exp(loss), "samples": len(calibration)})
+        columns = ["plan", "loss", "ppl", "samples"]
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_parquet(rows, out / "ppl.parquet")
-        atomic_write_text(out / "ppl.md", markdown_table(rows, ["plan", "loss", "ppl", "samples"]))
+        atomic_write_text(out / "ppl.md", markdown_table(rows, columns))
     if as_json:
         click.echo(json.dumps(rows))
         return
     for r in rows:
-        click.echo(f"{r['plan']:>20}  loss {r['loss']:.4f}  ppl {r['ppl']:.3f}")
+        at = f"  N={r['length']:>6}" if "length" in r else ""
+        click.echo(f"{r['plan']:>20}{at}  loss {r['loss']:.4f}  ppl {r['ppl']:.3f}")
 
 
 @eval_group.command("task")
@@ -219,7 +312,29 @@ def validate(
     "--task",
     default="rewrite",
     show_default=True,
-    help="Calibration task(s) of moa_plan.tasks, comma-separated; not an evaluation task (lines, passkey).",
+    help="Calibration task(s) of moa_plan.tasks, comma-separated (e.g. summary,facts for a real model); "
+    "not an evaluation task.",
+)
+@click.option(
+    "--records",
+    type=click.Path(path_type=Path),
+    help="Your own calibration records (.jsonl or .parquet with a context column) instead of --task; "
+    "each document is cut to every profiled length and answered by the model.",
+)
+@click.option(
+    "--validation-records",
+    type=click.Path(path_type=Path),
+    help="Records for the validation length (default: --records).",
+)
+@click.option(
+    "--template",
+    type=click.Choice(["chat", "plain"]),
+    default="chat",
+    show_default=True,
+    help="Calibration prompts through the chat template, or as plain text (completion-form records).",
+)
+@click.option(
+    "--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True, help="Calibration answer cap."
 )
 @click.option(
     "--samples",
@@ -233,6 +348,12 @@ def validate(
 @click.option("--time-limit", type=float, default=30.0, show_default=True, help="Seconds per solve.")
 @click.option("--eval-lengths", type=LengthList(), help="Also evaluate retrieval (dense/uniform/MoA) at these lengths.")
 @click.option("--eval-samples", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option(
+    "--eval-tasks",
+    default="lines,passkey",
+    show_default=True,
+    help="Evaluation tasks (toy: lines, passkey; real text: niah, passkey-en, niah-multi, lines-en).",
+)
 @click.option("--sink", type=click.IntRange(min=0), default=64, show_default=True, help="Sink tokens S of the plans.")
 @click.option("--block", type=click.IntRange(min=1), default=64, show_default=True, help="Block size B of the plans.")
 @click.option(
@@ -255,6 +376,12 @@ def validate(
     show_default=True,
     help="Also solve, validate and evaluate per-layer-only plans (one rule per layer) at each budget.",
 )
+@click.option(
+    "--duo-baseline/--no-duo-baseline",
+    default=True,
+    show_default=True,
+    help="Also solve, validate and evaluate DuoAttention-style plans (each KV head whole or sink + one fixed window).",
+)
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 def compress(
     model_path: Path,
@@ -263,15 +390,21 @@ def compress(
     extend: str,
     validate_length: int | None,
     task: str,
+    records: Path | None,
+    validation_records: Path | None,
+    template: str,
+    max_new_tokens: int,
     samples: int,
     validation_samples: int,
     optimizer: str,
     time_limit: float,
     eval_lengths: list[int] | None,
     eval_samples: int,
+    eval_tasks: str,
     sink: int,
     block: int,
     layer_baseline: bool,
+    duo_baseline: bool,
     statistic: str,
     grid_resolution: int,
     out: Path,
@@ -292,15 +425,21 @@ def compress(
         extend=extend,
         validate_length=validate_length,
         task=task,
+        records=records,
+        validation_records=validation_records,
+        template=template,
+        max_new_tokens=max_new_tokens,
         samples=samples,
         validation_samples=validation_samples,
         optimizer=optimizer,
         time_limit=time_limit,
         eval_lengths=eval_lengths or (),
         eval_samples=eval_samples,
+        eval_tasks=eval_tasks,
         sink=sink,
         block=block,
         layer_baseline=layer_baseline,
+        duo_baseline=duo_baseline,
         statistic=statistic,
         grid_resolution=grid_resolution,
         out=out,

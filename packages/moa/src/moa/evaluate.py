@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,8 @@ __all__ = [
     "PlanSpec",
     "answer_loss",
     "effective_context",
+    "effective_context_table",
+    "essay_perplexity",
     "load_model",
     "parse_plan_specs",
     "retrieval_eval",
@@ -102,24 +104,14 @@ def _head_probe(fingerprint: ModelFingerprint, layer: int, head: int, sink: int,
 
 
 def load_model(path: str | Path, dtype: str = "float32") -> tuple[Any, Any]:
-    """Model (SDPA attention, eval mode) and tokenizer from a local directory, offline.
+    """Model (SDPA attention, eval mode) and tokenizer from a model directory or a ``.gguf`` file, offline.
 
     Raises:
-        MoaError: if the directory is not a loadable model.
+        MoaError: if the path is not a loadable model (see `moa_runtime.load_model`).
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from moa_runtime.loading import load_model_and_tokenizer
 
-    p = Path(path)
-    if not (p / "config.json").is_file():
-        raise MoaError(f"{path}: not a model directory (no config.json)")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(
-            p, local_files_only=True, attn_implementation="sdpa", dtype=getattr(torch, dtype)
-        )
-    except (OSError, ValueError) as exc:
-        raise MoaError(f"{path}: cannot load the model ({exc.__class__.__name__}: {str(exc)[:200]})") from None
+    model, tokenizer = load_model_and_tokenizer(path, dtype=dtype, attn_implementation="sdpa")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -151,13 +143,28 @@ def _chat_overhead(tokenizer: Any) -> int:
     return len(tokenizer(text, add_special_tokens=False).input_ids)
 
 
-def _greedy(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+def _special_overhead(tokenizer: Any) -> int:
+    """Tokens the tokenizer adds to plain text itself (a BOS, for many models)."""
+    return len(tokenizer("a").input_ids) - len(tokenizer("a", add_special_tokens=False).input_ids)
+
+
+def _greedy(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    add_special_tokens: bool = False,
+) -> list[str]:
     import torch
 
     answers: list[str] = []
     for start in range(0, len(prompts), batch_size):
         enc = tokenizer(
-            prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+            prompts[start : start + batch_size],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=add_special_tokens,
         )
         with torch.inference_mode():
             out = model.generate(
@@ -166,6 +173,53 @@ def _greedy(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int,
         new = out[:, enc.input_ids.shape[1] :]
         answers += tokenizer.batch_decode(new, skip_special_tokens=True)
     return answers
+
+
+# New tokens of an answer per English retrieval task (the prompt already holds the answer's start).
+ANSWER_TOKENS = {"niah": 16, "niah-multi": 24, "passkey-en": 8, "lines-en": 8}
+_TOY_ANSWER_TOKENS = 6
+
+
+def _prompts(records: Sequence[Any], tokenizer: Any, form: str) -> list[str]:
+    """Completion form: plain text (the tokenizer adds BOS as it does); chat form: the chat template."""
+    from moa_plan.tasks import completion_prompt, to_messages
+
+    if form == "completion":
+        return [completion_prompt(r) for r in records]
+    return [tokenizer.apply_chat_template(to_messages(r), add_generation_prompt=True, tokenize=False) for r in records]
+
+
+def _decile_rows(
+    spec: PlanSpec, task: str, form: str, length: int, records: Sequence[Any], scores: Sequence[float], n_total: int
+) -> list[dict[str, Any]]:
+    by_decile: dict[int, list[tuple[float, float]]] = {}
+    for record, value in zip(records, scores, strict=True):
+        decile = int(record.metadata.get("depth_decile", record.metadata.get("decile", 0)) or 0)
+        # Toy tasks ask in [d/10, (d+1)/10) of the context: their depth is the decile's middle.
+        depth = float(record.metadata.get("depth_percent", 10 * decile + 5))  # type: ignore[arg-type]
+        by_decile.setdefault(decile, []).append((value, depth))
+    plan = spec.plan
+    rows = []
+    for decile, cell in sorted(by_decile.items()):
+        values = [v for v, _ in cell]
+        correct = sum(v == 1.0 for v in values)
+        rows.append(
+            {
+                "plan": spec.name,
+                "task": task,
+                "form": form,
+                "length": length,
+                "decile": decile,
+                "depth_percent": float(np.mean([d for _, d in cell])),
+                "correct": int(correct),
+                "total": len(values),
+                "accuracy": correct / len(values),
+                "score": float(np.mean(values)),
+                "kv_density": 1.0 if plan is None else plan.density(n_total),
+                "mean_span": float(n_total) if plan is None else float(plan.spans(n_total).mean()),
+            }
+        )
+    return rows
 
 
 def retrieval_eval(
@@ -178,57 +232,66 @@ def retrieval_eval(
     samples: int,
     seed: int = 1234,
     batch_size: int = 8,
-    max_new_tokens: int = 6,
+    max_new_tokens: int | None = None,
+    form: str | None = None,
+    essays: Mapping[str, str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Greedy accuracy of each plan on each task, length and depth decile.
 
     Args:
+        tasks: Toy tasks (`moa_plan.tasks.TASKS`, always in chat form) and English retrieval
+            tasks (``niah``, ``niah-multi``, ``passkey-en``, ``lines-en``).
         samples: Records per (task, length); record i asks at depth decile i % 10.
+        max_new_tokens: New tokens per answer; default 6 for toy tasks, `ANSWER_TOKENS` for English ones.
+        form: ``completion`` (default) or ``chat`` for the English tasks. Completion prompts are
+            plain text, context + question ending with the start of the answer, no chat template,
+            BOS as the tokenizer adds it; the score is on the generated continuation.
+        essays: Every essay for niah / niah-multi (their evaluation split is used); default the
+            assets cache.
 
     Returns:
-        Rows ``plan, task, length, decile, correct, total, accuracy, kv_density, mean_span``.
-    """
-    from moa_plan.tasks import generate, score, to_messages
+        Rows ``plan, task, form, length, decile, depth_percent, correct, total, accuracy, score,
+        kv_density, mean_span``: ``correct`` counts records scored 1.0, ``score`` is the mean
+        per-record score (the keyword recall of niah-multi; the accuracy elsewhere).
 
-    overhead = _chat_overhead(tokenizer)
+    Raises:
+        MoaError: for an unknown form or a task that is not a retrieval task.
+    """
+    from moa_plan.tasks import FORMS, RETRIEVAL_TASKS, TASKS, generate, score
+
+    if form is not None and form not in FORMS:
+        raise MoaError(f"unknown form {form!r}; expected one of {', '.join(FORMS)}")
+    for task in tasks:
+        if task not in TASKS + RETRIEVAL_TASKS:
+            raise MoaError(f"{task!r} is not a retrieval task; expected one of {', '.join(TASKS + RETRIEVAL_TASKS)}")
 
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False).input_ids)
 
     rows = []
     for task in tasks:
+        english = task in RETRIEVAL_TASKS
+        task_form = (form or "completion") if english else "chat"
+        new_tokens = max_new_tokens or (ANSWER_TOKENS[task] if english else _TOY_ANSWER_TOKENS)
+        overhead = _special_overhead(tokenizer) if task_form == "completion" else _chat_overhead(tokenizer)
+        options: dict[str, Any] = {"form": task_form, "essays": essays} if english else {}
         for length in lengths:
-            records = generate(task, samples, target_length=length, count_tokens=count, seed=seed, overhead=overhead)
-            prompts = [
-                tokenizer.apply_chat_template(to_messages(r), add_generation_prompt=True, tokenize=False)
-                for r in records
-            ]
-            n_total = length + max_new_tokens
+            records = generate(
+                task, samples, target_length=length, count_tokens=count, seed=seed, overhead=overhead, **options
+            )
+            prompts = _prompts(records, tokenizer, task_form)
             for spec in plans:
                 if progress is not None:
                     progress(f"{spec.name} {task} N={length}")
                 with using_plan(model, spec.plan):
-                    answers = _greedy(model, tokenizer, prompts, max_new_tokens, batch_size)
-                by_decile: dict[int, list[float]] = {}
-                for record, answer in zip(records, answers, strict=True):
-                    decile = int(record.metadata.get("depth_decile", record.metadata.get("decile", 0)) or 0)
-                    by_decile.setdefault(decile, []).append(score(record, _first_answer(answer, record)))
-                plan = spec.plan
-                for decile, scores in sorted(by_decile.items()):
-                    rows.append(
-                        {
-                            "plan": spec.name,
-                            "task": task,
-                            "length": length,
-                            "decile": decile,
-                            "correct": int(sum(scores)),
-                            "total": len(scores),
-                            "accuracy": float(np.mean(scores)),
-                            "kv_density": 1.0 if plan is None else plan.density(n_total),
-                            "mean_span": float(n_total) if plan is None else float(plan.spans(n_total).mean()),
-                        }
+                    answers = _greedy(
+                        model, tokenizer, prompts, new_tokens, batch_size, add_special_tokens=task_form == "completion"
                     )
+                scores = [
+                    score(r, a if english else _first_answer(a, r)) for r, a in zip(records, answers, strict=True)
+                ]
+                rows += _decile_rows(spec, task, task_form, length, records, scores, length + new_tokens)
     return rows
 
 
@@ -354,6 +417,34 @@ def effective_context(rows: Sequence[dict[str, Any]], threshold: float = 0.9) ->
     return out
 
 
+def effective_context_table(rows: Sequence[dict[str, Any]], threshold: float = 0.9) -> list[dict[str, Any]]:
+    """Per plan, per task and over all tasks (``task == "all"``): the effective context length.
+
+    The effective length is the largest evaluated length whose accuracy is >= ``threshold``
+    (None if none is), with the plan's mean span and KV density at that length.
+
+    Returns:
+        Rows ``plan, task, effective_length, mean_span, kv_density`` (span and density None with the length).
+    """
+    out = []
+    for plan in sorted({r["plan"] for r in rows}):
+        mine = [r for r in rows if r["plan"] == plan]
+        for task in [*sorted({r["task"] for r in mine}), "all"]:
+            cells = [r for r in mine if task in ("all", r["task"])]
+            best = effective_context(cells, threshold)[plan]
+            at = [r for r in cells if r["length"] == best]
+            out.append(
+                {
+                    "plan": plan,
+                    "task": task,
+                    "effective_length": best,
+                    "mean_span": float(np.mean([r["mean_span"] for r in at])) if at else None,
+                    "kv_density": float(np.mean([r["kv_density"] for r in at])) if at else None,
+                }
+            )
+    return out
+
+
 def answer_loss(model: Any, samples: Sequence[Any], *, batch_size: int = 4) -> float:
     """Mean cross-entropy over answer tokens of calibration samples (``input_ids``, answer span).
 
@@ -384,3 +475,80 @@ def answer_loss(model: Any, samples: Sequence[Any], *, batch_size: int = 4) -> f
     if not math.isfinite(value):
         raise MoaError("the validation loss is not finite")
     return value
+
+
+def _text_loss(model: Any, ids: Any, chunk: int = 1024) -> float:
+    """Summed next-token cross-entropy over all tokens of one sequence ``ids`` ``[1, T]``.
+
+    The output projection runs on ``chunk`` positions at a time, so the ``[T, vocab]`` logits of
+    a long text never exist at once.
+    """
+    import torch
+
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    with torch.inference_mode():
+        if decoder is None or head is None:
+            logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
+            return float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+        hidden = decoder(input_ids=ids, use_cache=False).last_hidden_state[0, :-1]
+        total = 0.0
+        for start in range(0, hidden.shape[0], chunk):
+            logits = head(hidden[start : start + chunk]).float()
+            target = ids[0, start + 1 : start + 1 + chunk]
+            total += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
+    return total
+
+
+def essay_perplexity(
+    model: Any,
+    tokenizer: Any,
+    plans: Sequence[PlanSpec],
+    texts: Mapping[int, Sequence[str]],
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Perplexity over all tokens of held-out texts, per plan and length; N of a plan is the text length.
+
+    Args:
+        texts: ``{length: texts}`` (e.g. `moa_plan.tasks.essay_ppl_texts` at each length); each text
+            is tokenized with the tokenizer's own special tokens and scored alone (no padding).
+
+    Returns:
+        Rows ``plan, length, loss, ppl, samples, tokens, kv_density, mean_span``; ``tokens`` is the
+        mean text length, loss the mean cross-entropy per predicted token.
+
+    Raises:
+        MoaError: if a text has fewer than two tokens or the loss is not finite.
+    """
+    encoded = {n: [tokenizer(t, return_tensors="pt").input_ids for t in group] for n, group in texts.items()}
+    for n, group in encoded.items():
+        if any(ids.shape[1] < 2 for ids in group) or not group:
+            raise MoaError(f"the perplexity texts of length {n} need at least two tokens each")
+    rows = []
+    for spec in plans:
+        with using_plan(model, spec.plan):
+            for n, group in encoded.items():
+                if progress is not None:
+                    progress(f"{spec.name} ppl N={n}")
+                total = sum(_text_loss(model, ids) for ids in group)
+                count = sum(ids.shape[1] - 1 for ids in group)
+                sizes = [ids.shape[1] for ids in group]
+                loss = total / count
+                if not math.isfinite(loss):
+                    raise MoaError(f"the perplexity of plan {spec.name} at length {n} is not finite")
+                plan = spec.plan
+                rows.append(
+                    {
+                        "plan": spec.name,
+                        "length": n,
+                        "loss": loss,
+                        "ppl": math.exp(loss),
+                        "samples": len(group),
+                        "tokens": float(np.mean(sizes)),
+                        "kv_density": 1.0 if plan is None else float(np.mean([plan.density(t) for t in sizes])),
+                        "mean_span": float(np.mean(sizes))
+                        if plan is None
+                        else float(np.mean([plan.spans(t).mean() for t in sizes])),
+                    }
+                )
+    return rows

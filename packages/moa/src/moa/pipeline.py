@@ -21,9 +21,9 @@ from moa_plan import MoaError, Plan, atomic_write_text
 
 __all__ = ["CompressSettings", "run_compress"]
 
-# The tasks `moa eval retrieval` scores in the report; calibrating on them would grade the plans
+# The tasks `moa eval retrieval` can score in the report; calibrating on them would grade the plans
 # on their own training data.
-EVAL_TASKS = ("lines", "passkey")
+EVAL_TASKS = ("lines", "passkey", "niah", "niah-multi", "passkey-en", "lines-en")
 STAGES = ["calibrate", "validation-data", "profile", "optimize", "validate", "evaluate"]
 
 
@@ -38,17 +38,27 @@ class CompressSettings:
     extend: str = "2x"
     validate_length: int | None = None
     task: str = "rewrite"
+    # A user's own records (jsonl or Parquet) instead of --task; each document feeds every length.
+    records: Path | None = None
+    validation_records: Path | None = None
+    # Calibration prompt rendering (chat template or plain text) and answer cap.
+    template: str = "chat"
+    max_new_tokens: int = 64
     samples: int = 8
     validation_samples: int = 8
     optimizer: str = "builtin"
     time_limit: float = 30.0
     eval_lengths: Sequence[int] = field(default_factory=tuple)
     eval_samples: int = 20
+    eval_tasks: str = "lines,passkey"
     sink: int = 64
     block: int = 64
     # Also solve the per-layer-only ablation (one rule shared by all heads of a layer) at each
     # budget, validate it the same way and put it in the evaluation beside MoA.
     layer_baseline: bool = True
+    # Also solve the DuoAttention-style ablation: each KV head whole or sink + one fixed local window
+    # (`duo_window`), chosen from the same profile at the same budget.
+    duo_baseline: bool = True
     # Profile statistic: MoA's first-order influence, or the measured loss of cutting each KV head.
     statistic: str = "influence"
     # Rule-grid resolution of the optimizer (1: the original MoA grid).
@@ -57,6 +67,37 @@ class CompressSettings:
     @property
     def val_length(self) -> int:
         return self.validate_length or round(1.5 * max(self.lengths))
+
+    @property
+    def calibration_tasks(self) -> list[str]:
+        return [] if self.records is not None else [t.strip() for t in self.task.split(",") if t.strip()]
+
+    def duo_window(self, density: float) -> int:
+        """The local window of the DuoAttention-style plans at ``density``.
+
+        DuoAttention keeps one global sink + recent size (64 + 256 in its paper) at every length; a budget
+        that must hold at the shortest profiled length too leaves the streaming heads at most half of it:
+        the largest multiple of the block with ``sink + window <= density * min(lengths) / 2`` (at least one
+        block), so that about half the budget there can go to whole heads.
+        """
+        room = int(density * min(self.lengths) / 2) - self.sink
+        return max(self.block, room // self.block * self.block)
+
+
+# Plan variants solved at each budget: (name, extra `moa optimize` arguments); "" is MoA itself.
+def _variants(s: CompressSettings, density: float) -> list[tuple[str, list[object]]]:
+    out: list[tuple[str, list[object]]] = [("", ["--grid-resolution", s.grid_resolution])]
+    if s.layer_baseline:
+        out.append(("layer", ["--grid-resolution", s.grid_resolution, "--max-rules-per-layer", 1]))
+    if s.duo_baseline:
+        # Whole (0 + 1 x N) or sink + window (S + W + 0 x N): the two rules of the restricted grid. The
+        # density of such a plan falls with N, so only the upper bound applies.
+        alphas = f"0,{s.sink + s.duo_window(density)}"
+        out.append(("duo", ["--alphas", alphas, "--betas", "0,1", "--lower", 0, "--max-rules-per-layer", "none"]))
+    return out
+
+
+_VARIANT_NAMES = {"": "MoA", "layer": "per-layer only", "duo": "DuoAttention-style"}
 
 
 def _tag(density: float) -> str:
@@ -96,15 +137,26 @@ def _stage(
 
 
 def _check_inputs(s: CompressSettings) -> None:
-    if not (s.model / "config.json").is_file():
-        raise MoaError(f"{s.model}: not a model directory (no config.json)")
+    from moa_plan import resolve_model_source
+
+    # A model directory (config.json, safetensors) or a whole .gguf file; raises one sentence otherwise.
+    resolve_model_source(s.model, require_weights=True)
     if not s.densities or any(not 0 < d <= 1 for d in s.densities):
         raise MoaError(f"densities must lie in (0, 1], got {list(s.densities)}")
     if not s.lengths or min(s.lengths) < 2:
         raise MoaError(f"profiled lengths must be >= 2 tokens, got {list(s.lengths)}")
     tasks = [t.strip() for t in s.task.split(",") if t.strip()]
-    if not tasks:
+    if s.records is not None:
+        from moa_plan._files import require_file
+
+        require_file(s.records, "records", MoaError)
+        tasks = []
+    elif not tasks:
         raise MoaError("no calibration task given (--task)")
+    evaluated = [t.strip() for t in s.eval_tasks.split(",") if t.strip()]
+    unknown = sorted(set(evaluated) - set(EVAL_TASKS))
+    if s.eval_lengths and unknown:
+        raise MoaError(f"unknown evaluation task {unknown[0]!r}; choose from {', '.join(EVAL_TASKS)}")
     clash = sorted(set(tasks) & set(EVAL_TASKS))
     if s.eval_lengths and clash:
         raise MoaError(
@@ -113,198 +165,135 @@ def _check_inputs(s: CompressSettings) -> None:
         )
 
 
+class _Compress:
+    """One ``moa compress`` run: each stage a method, skipped when the manifest says it is up to date."""
+
+    def __init__(self, s: CompressSettings, echo: Callable[[str], None]) -> None:
+        self.s, self.echo, self.out = s, echo, s.out
+        self.manifest = Manifest.load(s.out)
+        self.common = {"settings": {k: str(v) for k, v in asdict(s).items() if k not in ("out",)}}
+        self.calib, self.valdata = s.out / "calibration.parquet", s.out / "validation.parquet"
+        self.profile_files = [s.out / "profiles" / f"profile-{n}.safetensors" for n in s.lengths]
+        self.names = [name for name, _ in _variants(s, s.densities[0])]
+
+    def stage(self, name: str, inputs: Sequence[Path], outputs: Sequence[Path], run: Callable[[], Any]) -> None:
+        _stage(self.manifest, name, self.common, inputs, outputs, run, self.echo)
+
+    def plan_dir(self, density: float, variant: str = "") -> Path:
+        return self.out / _tag(density) / variant if variant else self.out / _tag(density)
+
+    def validated(self) -> list[Path]:
+        return [self.plan_dir(d, v) / "plan.json" for d in self.s.densities for v in self.names]
+
+    def _calibrate(self, lengths: str, samples: int, seed: int, records: Path | None, out: Path, stage: str) -> None:
+        s = self.s
+        source = ["--records", records] if records is not None else ["--task", s.task, "--num-samples", samples]
+        args = [*source, "--lengths", lengths, "--seed", seed, "--template", s.template]
+        args += ["--max-new-tokens", s.max_new_tokens, "--skip-unfit", "--out", out, "--quiet"]
+        _moa(["calibrate", "--model", s.model, *args], stage, self.echo)
+
+    def calibrate(self) -> None:
+        s, inputs = self.s, [self.s.model, *([self.s.records] if self.s.records else [])]
+        lengths = ",".join(map(str, s.lengths))
+        self.stage(
+            "calibrate",
+            inputs,
+            [self.calib],
+            lambda: self._calibrate(lengths, s.samples, 0, s.records, self.calib, "calibrate"),
+        )
+        records = s.validation_records or s.records
+        self.stage(
+            "validation-data",
+            [s.model, *([records] if records else [])],
+            [self.valdata],
+            lambda: self._calibrate(
+                str(s.val_length), s.validation_samples, 1, records, self.valdata, "validation-data"
+            ),
+        )
+
+    def profile(self) -> None:
+        s = self.s
+        args = ["profile", self.calib, "--model", s.model, "--out", self.out / "profiles", "--sink", s.sink]
+        args += ["--block", s.block, "--statistic", s.statistic, "--quiet"]
+        self.stage("profile", [s.model, self.calib], self.profile_files, lambda: _moa(args, "profile", self.echo))
+
+    def optimize(self) -> None:
+        s = self.s
+
+        def run() -> None:
+            for d in s.densities:
+                for variant, extra in _variants(s, d):
+                    args = ["optimize", "--profiles", *self.profile_files, "--density", d, "--extend", s.extend]
+                    args += ["--time-limit", s.time_limit, "--optimizer", s.optimizer, *extra]
+                    # One solver thread: multi-threaded CP-SAT may return another of several equal-loss
+                    # plans, and a resumed pipeline must reproduce the plan of an uninterrupted one.
+                    args += ["--threads", 1, "--out", self.plan_dir(d, variant) / "plans"]
+                    _moa(args, "optimize", self.echo)
+
+        summaries = [self.plan_dir(d, v) / "plans" / "summary.parquet" for d in s.densities for v in self.names]
+        self.stage("optimize", self.profile_files, summaries, run)
+
+    def validate(self) -> None:
+        s = self.s
+
+        def run() -> dict[str, Any]:
+            from moa.bench.report import markdown_table, write_parquet
+            from moa.evaluate import load_model
+            from moa.validate import collect_plans, validate_plans
+
+            model, _ = load_model(s.model)
+            result = {}
+            for d in s.densities:
+                for variant in self.names:
+                    where = self.plan_dir(d, variant)
+                    rows = validate_plans(
+                        model, collect_plans([where / "plans"]), self.valdata, where, progress=self.echo
+                    )
+                    write_parquet(rows, where / "validation.parquet")
+                    columns = ["plan", "loss", "density_at_length", "length", "samples", "best"]
+                    atomic_write_text(where / "validation.md", markdown_table(rows, columns))
+                    result["/".join(filter(None, (_tag(d), variant)))] = rows[0]["plan"]
+            return result
+
+        plan_inputs = [self.plan_dir(d, v) / "plans" for d in s.densities for v in self.names]
+        self.stage("validate", [s.model, self.valdata, *plan_inputs], self.validated(), run)
+
+    def evaluate(self) -> str:
+        s = self.s
+        if not s.eval_lengths:
+            return ""
+        eval_dir = self.out / "eval"
+
+        def run() -> None:
+            specs = ["dense"]
+            for d in s.densities:
+                specs.append(f"uniform:{d:g}")
+                for variant in self.names:
+                    specs.append(f"{variant or 'moa'}-{d:g}={self.plan_dir(d, variant) / 'plan.json'}")
+            args = ["eval", "retrieval", "--model", s.model, "--tasks", s.eval_tasks]
+            args += ["--lengths", ",".join(map(str, s.eval_lengths)), "--samples", s.eval_samples, "--out", eval_dir]
+            for spec in specs:
+                args += ["--plan", spec]
+            _moa(args, "evaluate", self.echo)
+
+        self.stage("evaluate", [s.model, *self.validated()], [eval_dir / "retrieval.md"], run)
+        return (eval_dir / "retrieval.md").read_text()
+
+
 def run_compress(s: CompressSettings, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the whole pipeline; return paths of the final plans and the report text."""
     _check_inputs(s)
-    out = s.out
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest.load(out)
-    common = {"settings": {k: str(v) for k, v in asdict(s).items() if k not in ("out",)}}
-    lengths = ",".join(map(str, s.lengths))
-    calib, valdata, profiles = out / "calibration.parquet", out / "validation.parquet", out / "profiles"
-
-    _stage(
-        manifest,
-        "calibrate",
-        common,
-        [s.model],
-        [calib],
-        lambda: _moa(
-            [
-                "calibrate",
-                "--model",
-                s.model,
-                "--task",
-                s.task,
-                "--lengths",
-                lengths,
-                "--num-samples",
-                s.samples,
-                "--seed",
-                0,
-                "--out",
-                calib,
-                "--quiet",
-            ],
-            "calibrate",
-            echo,
-        ),
-        echo,
-    )
-    _stage(
-        manifest,
-        "validation-data",
-        common,
-        [s.model],
-        [valdata],
-        lambda: _moa(
-            [
-                "calibrate",
-                "--model",
-                s.model,
-                "--task",
-                s.task,
-                "--lengths",
-                s.val_length,
-                "--num-samples",
-                s.validation_samples,
-                "--seed",
-                1,
-                "--out",
-                valdata,
-                "--quiet",
-            ],
-            "validation-data",
-            echo,
-        ),
-        echo,
-    )
-    profile_files = [profiles / f"profile-{n}.safetensors" for n in s.lengths]
-    _stage(
-        manifest,
-        "profile",
-        common,
-        [s.model, calib],
-        profile_files,
-        lambda: _moa(
-            [
-                "profile",
-                calib,
-                "--model",
-                s.model,
-                "--out",
-                profiles,
-                "--sink",
-                s.sink,
-                "--block",
-                s.block,
-                "--statistic",
-                s.statistic,
-                "--quiet",
-            ],
-            "profile",
-            echo,
-        ),
-        echo,
-    )
-
-    variants = [("", None), *([("layer", 1)] if s.layer_baseline else [])]
-
-    def plan_dir(d: float, variant: str) -> Path:
-        return out / _tag(d) / variant if variant else out / _tag(d)
-
-    def optimize() -> None:
-        for d in s.densities:
-            for variant, max_rules in variants:
-                _moa(
-                    [
-                        "optimize",
-                        "--profiles",
-                        *profile_files,
-                        "--density",
-                        d,
-                        "--extend",
-                        s.extend,
-                        "--time-limit",
-                        s.time_limit,
-                        "--optimizer",
-                        s.optimizer,
-                        *(["--max-rules-per-layer", max_rules] if max_rules else []),
-                        "--grid-resolution",
-                        s.grid_resolution,
-                        # One solver thread: multi-threaded CP-SAT may return another of several equal-loss
-                        # plans, and a resumed pipeline must reproduce the plan of an uninterrupted one.
-                        "--threads",
-                        1,
-                        "--out",
-                        plan_dir(d, variant) / "plans",
-                    ],
-                    "optimize",
-                    echo,
-                )
-
-    summaries = [plan_dir(d, v) / "plans" / "summary.parquet" for d in s.densities for v, _ in variants]
-    _stage(manifest, "optimize", common, profile_files, summaries, optimize, echo)
-
-    finals = [out / _tag(d) / "plan.json" for d in s.densities]
-    validated = [plan_dir(d, v) / "plan.json" for d in s.densities for v, _ in variants]
-
-    def validate() -> dict[str, Any]:
-        from moa.bench.report import markdown_table, write_parquet
-        from moa.evaluate import load_model
-        from moa.validate import collect_plans, validate_plans
-
-        model, _ = load_model(s.model)
-        result = {}
-        for d in s.densities:
-            for variant, _ in variants:
-                where = plan_dir(d, variant)
-                rows = validate_plans(model, collect_plans([where / "plans"]), valdata, where, progress=echo)
-                write_parquet(rows, where / "validation.parquet")
-                atomic_write_text(
-                    where / "validation.md",
-                    markdown_table(rows, ["plan", "loss", "density_at_length", "length", "samples", "best"]),
-                )
-                result["/".join(filter(None, (_tag(d), variant)))] = rows[0]["plan"]
-        return result
-
-    plan_inputs = [plan_dir(d, v) / "plans" for d in s.densities for v, _ in variants]
-    _stage(manifest, "validate", common, [s.model, valdata, *plan_inputs], validated, validate, echo)
-
-    eval_table = ""
-    if s.eval_lengths:
-        eval_dir = out / "eval"
-
-        def evaluate() -> None:
-            specs = ["dense"]
-            for d in s.densities:
-                specs += [f"uniform:{d:g}", f"moa-{d:g}={out / _tag(d) / 'plan.json'}"]
-                if s.layer_baseline:
-                    specs.append(f"layer-{d:g}={plan_dir(d, 'layer') / 'plan.json'}")
-            args = [
-                "eval",
-                "retrieval",
-                "--model",
-                s.model,
-                "--lengths",
-                ",".join(map(str, s.eval_lengths)),
-                "--samples",
-                s.eval_samples,
-                "--out",
-                eval_dir,
-            ]
-            for spec in specs:
-                args += ["--plan", spec]
-            _moa(args, "evaluate", echo)
-
-        _stage(manifest, "evaluate", common, [s.model, *validated], [eval_dir / "retrieval.md"], evaluate, echo)
-        eval_table = (eval_dir / "retrieval.md").read_text()
-
-    kinds = [
-        (d, "per-layer only" if v else "MoA", plan_dir(d, v) / "plan.json") for d in s.densities for v, _ in variants
-    ]
+    s.out.mkdir(parents=True, exist_ok=True)
+    run = _Compress(s, echo)
+    run.calibrate()
+    run.profile()
+    run.optimize()
+    run.validate()
+    eval_table = run.evaluate()
+    kinds = [(d, _VARIANT_NAMES[v], run.plan_dir(d, v) / "plan.json") for d in s.densities for v in run.names]
     report = _report(s, kinds, eval_table)
-    atomic_write_text(out / "report.md", report)
+    atomic_write_text(s.out / "report.md", report)
+    finals = [run.plan_dir(d) / "plan.json" for d in s.densities]
     return {"plans": [str(p) for p in finals], "plan": str(finals[0]), "report": report}
 
 
@@ -312,8 +301,9 @@ def _report(s: CompressSettings, finals: Sequence[tuple[float, str, Path]], eval
     lines = [
         f"# moa compress report: {s.model}",
         "",
-        f"Profiled lengths {list(s.lengths)}, validation at {s.val_length}, calibration task `{s.task}` "
-        f"({s.samples} samples per length and task), profile statistic `{s.statistic}`, optimizer `{s.optimizer}`, extend {s.extend}.",
+        f"Profiled lengths {list(s.lengths)}, validation at {s.val_length}, calibration "
+        + (f"records `{s.records}`" if s.records else f"task `{s.task}` ({s.samples} samples per length and task)")
+        + f", profile statistic `{s.statistic}`, optimizer `{s.optimizer}`, extend {s.extend}.",
         "",
     ]
     check = sorted({*s.lengths, s.val_length, *(s.eval_lengths or ())})
@@ -332,12 +322,13 @@ def _report(s: CompressSettings, finals: Sequence[tuple[float, str, Path]], eval
         "",
         "Pareto fronts and span heatmaps: `d*/plans/pareto.png`, `d*/plans/heatmap_*.png`; validation "
         "tables: `d*/validation.md`. The per-layer-only plans (`d*/layer/`, one rule shared by every head of a "
-        "layer) are the ablation that shows what per-head spans add.",
+        "layer) and the DuoAttention-style plans (`d*/duo/`, each KV head whole or sink + one fixed local window) "
+        "are the ablations that show what per-head elastic spans add; all are solved from the same profile at the same budget.",
     ]
     if eval_table:
         lines += [
             "",
-            "## Retrieval accuracy (dense vs uniform vs per-layer only vs MoA)",
+            "## Retrieval accuracy (dense vs uniform vs per-layer only vs DuoAttention-style vs MoA)",
             "",
             eval_table,
             "Heatmaps: `eval/retrieval-*.png`.",

@@ -24,7 +24,7 @@ Task shapes (all words are single tokens of the reference tokenizer, see `moa_pl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -348,15 +348,38 @@ def generate(
     count_tokens: TokenCounter = word_count,
     seed: int = 0,
     overhead: int = 0,
+    form: str | None = None,
+    essays: Mapping[str, str] | None = None,
     **options: int,
 ) -> list[Record]:
-    """Generate ``n`` records of ``task`` (one of `TASKS`); see the per-task generators.
+    """Generate ``n`` records of ``task``: a toy task of `TASKS` or an English task.
+
+    The English tasks (`moa_plan.tasks.english.ENGLISH_TASKS`: ``niah``, ``niah-multi``,
+    ``passkey-en``, ``lines-en``, ``summary``, ``essay-ppl``) take ``form`` and ``essays``, see
+    `moa_plan.tasks.english.generate_english`; the toy tasks take neither (their form is fixed).
 
     Raises:
         TaskError: for an unknown task or options the task cannot satisfy.
     """
+    from moa_plan.tasks.english import ENGLISH_TASKS, generate_english
+
+    if task in ENGLISH_TASKS:
+        if options:
+            raise TaskError(f"bad option for task {task!r}: {', '.join(sorted(options))}")
+        return generate_english(
+            task,
+            n,
+            target_length=target_length,
+            count_tokens=count_tokens,
+            seed=seed,
+            overhead=overhead,
+            form=form,
+            essays=essays,
+        )
     if task not in _GENERATORS:
-        raise TaskError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+        raise TaskError(f"unknown task {task!r}; expected one of {', '.join(TASKS + ENGLISH_TASKS)}")
+    if form is not None or essays is not None:
+        raise TaskError(f"toy task {task!r} takes no form or essays (its form is fixed)")
     try:
         return _GENERATORS[task](
             n, target_length=target_length, count_tokens=count_tokens, seed=seed, overhead=overhead, **options

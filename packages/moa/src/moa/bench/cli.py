@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from moa_plan import MoaError, resolve_model_source
 from moa_plan.cli import LengthList
 
 __all__ = ["bench"]
@@ -36,7 +37,7 @@ def _float_list(value: str) -> list[float]:
     multiple=True,
     default=["bench"],
     show_default=True,
-    help="'bench' (the random-init benchmark config) or a model directory; repeatable.",
+    help="'bench' (the random-init benchmark config), a model directory or a .gguf file; repeatable.",
 )
 @click.option("--lengths", type=LengthList(), default="4096,8192,16384", show_default=True)
 @click.option("--batches", type=LengthList(), default="1,4", show_default=True)
@@ -68,8 +69,11 @@ def e2e(
 
     dens = _float_list(densities)
     for model in models:
-        if model != "bench" and not (Path(model) / "config.json").is_file():
-            raise click.BadParameter(f"{model} is not a model directory with config.json", param_hint="--model")
+        if model != "bench":
+            try:
+                resolve_model_source(model, require_weights=True)
+            except MoaError as exc:
+                raise click.BadParameter(str(exc), param_hint="--model") from None
     cases = []
     for model in models:
         for length in lengths:

@@ -42,7 +42,7 @@ BENCH_MODEL: dict[str, Any] = {
 class Case:
     """One benchmark cell."""
 
-    model: str  # "bench" or a model directory
+    model: str  # "bench", a model directory or a .gguf file
     method: str  # "dense", "uniform" or "moa"
     length: int
     batch: int
@@ -90,7 +90,9 @@ class _StepTimer:
 
 def _load_model(case: Case) -> tuple[Any, Any]:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from moa_runtime.loading import load_model
 
     torch.manual_seed(0)
     if case.model == "bench":
@@ -98,8 +100,9 @@ def _load_model(case: Case) -> tuple[Any, Any]:
         config._attn_implementation = "sdpa"
         model: Any = LlamaForCausalLM(config)
     else:
-        config = AutoConfig.from_pretrained(case.model)
-        model = AutoModelForCausalLM.from_pretrained(case.model, attn_implementation="sdpa")
+        # A model directory or a .gguf file (dequantized to fp32 by the loader).
+        model = load_model(case.model, attn_implementation="sdpa")
+        config = model.config
     return model.eval(), config
 
 
