@@ -30,8 +30,6 @@ plain question are one user turn (``metadata["format"] == "chat"``, `to_messages
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -39,6 +37,15 @@ import numpy as np
 from moa_plan.assets import NEEDLE, NEEDLE_QUESTION, NEEDLE_RETRIEVAL, read_essays
 from moa_plan.records import Record
 from moa_plan.tasks.generators import TaskError, TokenCounter, word_count
+from moa_plan.tasks.haystack import (
+    CALIBRATION_FRACTION,
+    Haystack,
+    depth_boundary,
+    essay_split,
+    largest_fitting,
+    splice,
+    split_sentences,
+)
 
 __all__ = [
     "CALIBRATION_FRACTION",
@@ -56,7 +63,6 @@ __all__ = [
 ENGLISH_TASKS = ("niah", "niah-multi", "passkey-en", "lines-en", "summary", "essay-ppl")
 RETRIEVAL_TASKS = ("niah", "niah-multi", "passkey-en", "lines-en")
 FORMS = ("completion", "chat")
-CALIBRATION_FRACTION = 0.4
 _MIN_ITEMS = 10
 
 NIAH_ANSWER = NEEDLE.removeprefix(NEEDLE_RETRIEVAL).strip()
@@ -112,42 +118,7 @@ rabbit radar raven ribbon river rocket saddle sapphire satellite scarf shadow sh
 spiral sponge squirrel stadium statue summit teapot temple thunder tiger tornado tower trumpet tunnel
 turtle umbrella valley violin volcano wagon walnut whistle willow window wizard""".split()  # noqa: SIM905 (a word list)
 
-_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s)|(?<=[a-z0-9])[.!?](?=[A-Z])")
 _JOINERS = {"passkey-en": "\n", "lines-en": "\n"}
-
-
-def split_sentences(text: str) -> list[str]:
-    """Split text into sentences whose concatenation is ``text``; whitespace starts the next piece.
-
-    A sentence ends at ``.``, ``!`` or ``?`` (and closing quotes/brackets) before whitespace, or
-    before a capital right after a lowercase word (the essays lost some paragraph breaks:
-    ``"great.It used"``).
-    """
-    pieces, start = [], 0
-    for match in _SENTENCE_END.finditer(text):
-        if match.end() > start:
-            pieces.append(text[start : match.end()])
-            start = match.end()
-    if start < len(text):
-        pieces.append(text[start:])
-    return pieces
-
-
-def _unit(stem: str) -> float:
-    return int(hashlib.sha256(stem.encode("utf-8")).hexdigest()[:16], 16) / 2**64
-
-
-def essay_split(essays: Mapping[str, str] | Sequence[str]) -> tuple[list[str], list[str]]:
-    """Split essays into ``(calibration_names, evaluation_names)``, both sorted.
-
-    An essay is calibration iff the first 64 bits of sha256(file stem), as a fraction of 2**64, are
-    below `CALIBRATION_FRACTION` (0.4): deterministic, disjoint, covering every name, and an essay
-    keeps its side whatever other essays are present. On the 49 Paul Graham essays that is 19
-    calibration and 30 evaluation essays.
-    """
-    names = sorted(essays)
-    calibration = [n for n in names if _unit(n) < CALIBRATION_FRACTION]
-    return calibration, [n for n in names if _unit(n) >= CALIBRATION_FRACTION]
 
 
 def completion_prompt(record: Record) -> str:
@@ -167,79 +138,6 @@ def _rendered(task: str, form: str, context: str, question: str) -> str:
     if form == "chat":
         return f"{context}\n{question}"
     return context
-
-
-class _Haystack:
-    """The sentences of some essays, token-counted lazily, taken in a fixed cyclic order."""
-
-    def __init__(self, essays: Mapping[str, str], names: Sequence[str], count_tokens: TokenCounter) -> None:
-        self.essays, self.names, self.count = essays, list(names), count_tokens
-        self._cache: dict[str, tuple[list[str], list[int]]] = {}
-
-    def _essay(self, name: str) -> tuple[list[str], list[int]]:
-        if name not in self._cache:
-            pieces = split_sentences(self.essays[name].strip())
-            self._cache[name] = pieces, [self.count(p) for p in pieces]
-        return self._cache[name]
-
-    def take(self, start: int, budget: int) -> tuple[list[str], list[int], list[int], bool]:
-        """Sentences of the essays from number ``start`` on (each at most once) past ``budget`` tokens.
-
-        Returns:
-            ``(pieces, counts, essay_of_piece, exhausted)``; ``exhausted`` when every essay was
-            taken and they still hold fewer than ``budget`` tokens plus a margin.
-        """
-        pieces: list[str] = []
-        counts: list[int] = []
-        owner: list[int] = []
-        want = budget + budget // 4 + 256
-        for step in range(len(self.names)):
-            number = (start + step) % len(self.names)
-            p, c = self._essay(self.names[number])
-            if not p:
-                continue
-            if pieces:
-                # Essays are joined by a blank line.
-                p, c = ["\n\n" + p[0], *p[1:]], [self.count("\n\n" + p[0]), *c[1:]]
-            pieces += p
-            counts += c
-            owner += [number] * len(p)
-            if sum(counts) >= want:
-                return pieces, counts, owner, False
-        return pieces, counts, owner, True
-
-
-def _largest_fitting(fits: Callable[[int], bool], guess: int, lo: int, hi: int) -> int | None:
-    """Largest k in [lo, hi] with ``fits(k)`` (monotone), searched outward from ``guess``."""
-    if hi < lo or not fits(lo):
-        return None
-    good, bad = lo, hi + 1
-    guess = min(max(guess, lo), hi)
-    step = 1
-    if fits(guess):
-        good = guess
-        while good + step < bad:
-            if fits(good + step):
-                good += step
-                step *= 2
-            else:
-                bad = good + step
-                break
-    else:
-        bad = guess
-        while bad - step > good:
-            if fits(bad - step):
-                good = bad - step
-                break
-            bad -= step
-            step *= 2
-    while bad - good > 1:
-        mid = (good + bad) // 2
-        if fits(mid):
-            good = mid
-        else:
-            bad = mid
-    return good
 
 
 def _fit(
@@ -264,24 +162,7 @@ def _fit(
         return memo[k]
 
     guess = int(np.searchsorted(np.cumsum(counts), target - overhead - fixed, side="right"))
-    return _largest_fitting(fits, guess, lo, len(counts))
-
-
-def _depth_boundary(counts: Sequence[int], k: int, percent: float) -> int:
-    """The last sentence boundary (0..k) at or before ``percent`` of the first k sentences' tokens."""
-    cum = np.concatenate([[0], np.cumsum(counts[:k])])
-    return int(np.searchsorted(cum, percent / 100 * cum[-1], side="right")) - 1
-
-
-def _splice(pieces: Sequence[str], inserts: Sequence[tuple[int, str]]) -> str:
-    """Join ``pieces``, putting each ``(boundary, text)`` on its own line before piece ``boundary``."""
-    parts: list[str] = []
-    last = 0
-    for boundary, text in sorted(inserts, key=lambda t: t[0]):
-        parts += ["".join(pieces[last:boundary]).strip(), text]
-        last = boundary
-    parts.append("".join(pieces[last:]).strip())
-    return "\n".join(p for p in parts if p)
+    return largest_fitting(fits, guess, lo, len(counts))
 
 
 def _rng(seed: int, task: str, index: int) -> np.random.Generator:
@@ -338,7 +219,7 @@ def _needle_records(
 ) -> list[Record]:
     """``niah`` and ``niah-multi``: needles at a depth of the evaluation essays."""
     essays, names = _essay_names(essays, "evaluation")
-    hay = _Haystack(essays, names, count_tokens)
+    hay = Haystack(essays, names, count_tokens)
     multi = task == "niah-multi"
     needles = list(PIZZA_NEEDLES) if multi else [NEEDLE]
     question = (PIZZA_QUESTION, PIZZA_RETRIEVAL) if multi else (NEEDLE_QUESTION, NEEDLE_RETRIEVAL)
@@ -355,8 +236,8 @@ def _needle_records(
         def build(
             k: int, pieces: list[str] = pieces, counts: list[int] = counts, depths: list[float] = depths
         ) -> tuple[str, str]:
-            inserts = [(_depth_boundary(counts, k, d), x) for d, x in zip(depths, needles, strict=True)]
-            return _splice(pieces[:k], inserts), text
+            inserts = [(depth_boundary(counts, k, d), x) for d, x in zip(depths, needles, strict=True)]
+            return splice(pieces[:k], inserts), text
 
         k = _fit(
             build,
@@ -530,7 +411,7 @@ def _essay_records(
     form = "chat" if task == "summary" else "plain"
     question = SUMMARY_QUESTION if task == "summary" else ""
     essays, names = _essay_names(essays, side)
-    hay = _Haystack(essays, names, count_tokens)
+    hay = Haystack(essays, names, count_tokens)
     records = []
     for i in range(n):
         pieces, counts, owner, exhausted = hay.take(_start(seed, task, i, len(names)), target_length - overhead)
