@@ -10,7 +10,7 @@ TORCH_PIN ?= torch==2.13.0
 SRC_DIRS := $(foreach p,$(PKGS),packages/$(p)/src)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup assets test lint typecheck pytest test-slow test-gpu demo bench clean
+.PHONY: help setup assets test lint typecheck pytest test-slow test-gpu demo demo-reference experiment bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -49,15 +49,33 @@ test-gpu: setup ## GPU tests (needs CUDA)
 	$(BIN)/python -m pytest -q -m gpu; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 DEMO_OUT ?= runs/demo
-# Sink 16 + one block of 16: the default 64 + 64 is a quarter of a 512-token prompt, which would leave
-# a 25% budget no choice at the shortest profiled length. Run twice: MoA's first-order influence
-# profile (runs/demo), then the measured-ablation profile (runs/demo-ablation).
-DEMO_ARGS := --model models/moa-reference --density 0.5,0.25 --lengths 512,1024 --sink 16 --block 16 \
-	--eval-lengths 512,1024,2048 --eval-samples 40
-demo: setup ## moa compress on the reference model (influence and ablation profiles) + retrieval tables (~4 min on 2 cores)
+# The real model at small lengths: calibrate on `facts` (far facts in the calibration essays, answered by the
+# model), profile at 1024, plans at 50% and 25% constrained up to 8x (8192), validate at 1536, then NIAH and the
+# standard passkey (evaluation essays only) at 1024 and 2048, dense vs uniform vs MoA.
+DEMO_ARGS := --model models/smollm2-135m-instruct --task facts --template plain --max-new-tokens 8 \
+	--lengths 1024 --samples 4 --validation-samples 4 --density 0.5,0.25 --extend 8x \
+	--eval-tasks niah,passkey-en --eval-lengths 1024,2048 --eval-samples 10 --no-layer-baseline --no-duo-baseline
+demo: assets ## moa compress on SmolLM2-135M-Instruct at 1k + dense/uniform/MoA NIAH and passkey (~15 min on 2 cores)
 	$(BIN)/moa compress $(DEMO_ARGS) --out $(DEMO_OUT)
-	$(BIN)/moa compress $(DEMO_ARGS) --statistic ablation --out $(DEMO_OUT)-ablation
-	@cat $(DEMO_OUT)/report.md $(DEMO_OUT)-ablation/report.md
+	@cat $(DEMO_OUT)/report.md
+
+# The reference model (0.78M parameters, toy vocabulary): influence and measured-ablation profiles.
+REFERENCE_ARGS := --model models/moa-reference --density 0.5,0.25 --lengths 512,1024 --sink 16 --block 16 \
+	--eval-lengths 512,1024,2048 --eval-samples 40
+demo-reference: setup ## moa compress on the reference model (influence and ablation profiles) + retrieval tables (~4 min)
+	$(BIN)/moa compress $(REFERENCE_ARGS) --out runs/demo-reference
+	$(BIN)/moa compress $(REFERENCE_ARGS) --statistic ablation --out runs/demo-reference-ablation
+	@cat runs/demo-reference/report.md runs/demo-reference-ablation/report.md
+
+EXPERIMENT_OUT ?= runs/experiment
+# The full comparison on SmolLM2 (see RESULTS.md): the greedy statistic, MoA vs uniform, per-layer and
+# DuoAttention-style plans at 50% and 25%, NIAH and passkey at 2048 and 4096.
+EXPERIMENT_ARGS := --model models/smollm2-135m-instruct --task facts --template plain --max-new-tokens 8 \
+	--lengths 1024 --samples 4 --validation-samples 4 --statistic greedy --density 0.5,0.25 --extend 8x \
+	--eval-tasks niah,passkey-en --eval-lengths 2048,4096 --eval-samples 10
+experiment: assets ## The SmolLM2 comparison table of RESULTS.md (greedy statistic, all baselines; ~2 h on 2 cores)
+	$(BIN)/moa compress $(EXPERIMENT_ARGS) --out $(EXPERIMENT_OUT)
+	@cat $(EXPERIMENT_OUT)/report.md
 
 bench: setup ## CPU benchmarks (e2e decode/prefill/memory, optimizer search, profiling cost) into runs/bench
 	$(BIN)/moa bench e2e --out runs/bench

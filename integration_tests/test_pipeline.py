@@ -49,6 +49,14 @@ def test_compress_writes_a_plan_within_budget(compressed: Path, reference_model:
         spans = layer.spans(n)
         assert (spans == spans[:, :1]).all(), spans
     assert "0.5 per-layer only" in report and "d0.5/layer/plan.json" in report
+    # The DuoAttention-style ablation: every KV head whole or sink + one fixed window, at the same budget
+    # (upper bound only: such a plan's density falls with N). Window: 0.5 x 256 / 2 - 16 = 48 tokens.
+    duo = Plan.load(compressed / "d0.5" / "duo" / "plan.json")
+    rules = {(float(a), float(b)) for a, b in zip(duo.alphas.ravel(), duo.betas.ravel(), strict=True)}
+    assert rules <= {(0.0, 1.0), (16.0 + 48.0, 0.0)} and len(rules) == 2, rules
+    for n in (256, 512, 1024):
+        assert duo.density(n) <= 0.5 + 1e-9
+    assert "0.5 DuoAttention-style" in report and "d0.5/duo/plan.json" in report
 
 
 def test_rerun_skips_every_stage(compressed: Path, reference_model: Path, moa_cli) -> None:  # type: ignore[no-untyped-def]
@@ -135,6 +143,23 @@ def test_compress_with_the_ablation_statistic(reference_model: Path, tmp_path: P
         assert "ablation" in (profile.notes or "") and (profile.hist >= 0).all()
     assert not (out / "d0.5" / "layer").exists()
     assert "profile statistic `ablation`" in (out / "report.md").read_text()
+
+
+def test_compress_from_a_records_file(reference_model: Path, tmp_path: Path, moa_cli) -> None:  # type: ignore[no-untyped-def]
+    """--records: a user's own documents, each cut to every profiled length (and the validation length)."""
+    from moa_profiler.dataset import read_calibration
+    from moa_profiler.testing import records_file
+
+    records = records_file(tmp_path / "docs.jsonl", [900, 950, 1000])
+    out = tmp_path / "rec"
+    moa_cli("compress", "--model", reference_model, *COMPRESS, "--records", records, "--no-layer-baseline",
+            "--no-duo-baseline", "--out", out)  # fmt: skip
+    calib = read_calibration(out / "calibration.parquet")
+    assert {n: len(calib.at_length(n)) for n in (256, 512)} == {256: 3, 512: 3}
+    assert sorted({s.record_index for s in calib.at_length(256)}) == [0, 1, 2]
+    assert read_calibration(out / "validation.parquet").lengths() == [768]
+    assert "records `" in (out / "report.md").read_text()
+    assert Plan.load(out / "d0.5" / "plan.json").density(512) <= 0.5 + 1e-9
 
 
 def test_bad_inputs_exit_2_with_one_sentence(reference_model: Path, tmp_path: Path, moa_cli) -> None:  # type: ignore[no-untyped-def]

@@ -358,10 +358,11 @@ def validate(
 @click.option("--block", type=click.IntRange(min=1), default=64, show_default=True, help="Block size B of the plans.")
 @click.option(
     "--statistic",
-    type=click.Choice(["influence", "ablation"]),
+    type=click.Choice(["influence", "ablation", "greedy"]),
     default="influence",
     show_default=True,
-    help="Profile statistic (see moa profile --help): MoA's first-order influence or measured head cuts.",
+    help="Profile statistic (see moa profile --help): MoA's first-order influence, measured one-head cuts "
+    "(ablation) or the greedy search of measured cuts on top of each other (greedy).",
 )
 @click.option(
     "--grid-resolution",

@@ -21,8 +21,8 @@ import numpy as np
 
 from moa_plan.assets import read_essays
 from moa_plan.records import Record
-from moa_plan.tasks.english import essay_split, split_sentences
 from moa_plan.tasks.generators import TaskError, TokenCounter, word_count
+from moa_plan.tasks.haystack import essay_split, split_sentences
 
 __all__ = ["CITIES", "generate_facts"]
 
@@ -61,18 +61,17 @@ def generate_facts(
     """``n`` records of ``facts`` facts in calibration-essay text of about ``target_length`` tokens.
 
     Record ``i`` asks the fact in depth slot ``i % facts`` (the slots split the context evenly).
-    ``essays`` defaults to the calibration side of `essay_split` of the cached essays; pass
-    essays explicitly to use exactly those.
+    ``essays`` are all essays (default: the cached ones); only the calibration side of
+    `essay_split` is used, as for ``summary``.
 
     Raises:
         TaskError: for a non-positive ``n`` or ``facts``, or a length the essays cannot fill.
     """
     if n < 1 or facts < 1:
         raise TaskError(f"facts needs positive n and facts, got n={n}, facts={facts}")
-    if essays is None:
-        everything = read_essays()
-        calibration, _ = essay_split(everything)
-        essays = {name: everything[name] for name in calibration}
+    everything = read_essays() if essays is None else essays
+    calibration, _ = essay_split(everything)
+    essays = {name: everything[name] for name in calibration}
     if not essays:
         raise TaskError("facts needs at least one calibration essay")
     records = []
@@ -96,11 +95,15 @@ def generate_facts(
             total += size
         if total < budget // 2:
             raise TaskError(f"the calibration essays hold fewer than {budget} tokens for a facts record")
-        # Slot k covers depths [k/facts, (k+1)/facts); the fact goes at a random sentence boundary in it.
-        slots = [
-            int(rng.integers(k * len(kept) // facts, max(k * len(kept) // facts + 1, (k + 1) * len(kept) // facts)))
-            for k in range(facts)
-        ]
+        # Slot k covers depths [k/facts, (k+1)/facts); the fact goes at a random sentence boundary in it, but
+        # not in the middle tenth: calibration fits a record to its length by cutting the middle out.
+        count = len(kept)
+        middle = range(int(0.45 * count), int(0.55 * count) + 1)
+        slots = []
+        for k in range(facts):
+            lo, hi = k * count // facts, max(k * count // facts + 1, (k + 1) * count // facts)
+            choices = [x for x in range(lo, hi) if x not in middle] or list(range(lo, hi))
+            slots.append(int(rng.choice(choices)))
         pieces = list(kept)
         for k in reversed(range(facts)):
             pieces.insert(slots[k], f"\n{lines[k]}\n")

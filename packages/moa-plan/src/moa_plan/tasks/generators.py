@@ -356,13 +356,27 @@ def generate(
 
     The English tasks (`moa_plan.tasks.english.ENGLISH_TASKS`: ``niah``, ``niah-multi``,
     ``passkey-en``, ``lines-en``, ``summary``, ``essay-ppl``) take ``form`` and ``essays``, see
-    `moa_plan.tasks.english.generate_english`; the toy tasks take neither (their form is fixed).
+    `moa_plan.tasks.english.generate_english`; so does the calibration task ``facts``
+    (`moa_plan.tasks.facts`, completion form only); the toy tasks take neither (their form is fixed).
 
     Raises:
         TaskError: for an unknown task or options the task cannot satisfy.
     """
     from moa_plan.tasks.english import ENGLISH_TASKS, generate_english
+    from moa_plan.tasks.facts import generate_facts
 
+    if task == "facts":
+        if form not in (None, "completion"):
+            raise TaskError(f"task 'facts' has only the completion form, not {form!r}")
+        return generate_facts(
+            n,
+            target_length=target_length,
+            count_tokens=count_tokens,
+            seed=seed,
+            overhead=overhead,
+            essays=essays,
+            **options,
+        )
     if task in ENGLISH_TASKS:
         if options:
             raise TaskError(f"bad option for task {task!r}: {', '.join(sorted(options))}")
@@ -377,7 +391,7 @@ def generate(
             essays=essays,
         )
     if task not in _GENERATORS:
-        raise TaskError(f"unknown task {task!r}; expected one of {', '.join(TASKS + ENGLISH_TASKS)}")
+        raise TaskError(f"unknown task {task!r}; expected one of {', '.join((*TASKS, *ENGLISH_TASKS, 'facts'))}")
     if form is not None or essays is not None:
         raise TaskError(f"toy task {task!r} takes no form or essays (its form is fixed)")
     try:
