@@ -102,6 +102,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--skip", default="", help="PRESS:FRACTION pairs to leave out, e.g. Knorm:0.5,ExpectedAttention:0.5"
     )
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads (default torch's; 1 is faster on a busy machine)"
+    )
     parser.add_argument("--verify", action="store_true", help="check the first prompt against kvpress's own paths")
     return parser.parse_args(argv)
 
@@ -112,7 +115,8 @@ def setup(venv: Path) -> None:
     steps += [[str(venv / "bin" / "pip"), "install", *pins] for pins in SETUP_PINS]
     for step in steps:
         print("+", " ".join(step), file=sys.stderr)
-        subprocess.run(step, check=True)
+        if subprocess.run(step).returncode != 0:
+            raise BadInputError(f"setup step failed: {' '.join(step)}")
 
 
 def _press_name(name: str) -> str:
@@ -476,6 +480,8 @@ def run(args: argparse.Namespace) -> int:
         raise BadInputError(
             "kvpress is not importable here; run this with the python of a venv made by --setup VENV"
         ) from None
+    if args.threads:
+        torch.set_num_threads(args.threads)
     started = time.monotonic()
     model, tokenizer = load(model_path)
     results: list[dict[str, Any]] = []

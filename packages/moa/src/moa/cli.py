@@ -365,6 +365,20 @@ def validate(
     "(ablation) or the greedy search of measured cuts on top of each other (greedy).",
 )
 @click.option(
+    "--greedy-group",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Greedy statistic: heads cut per round (0: an eighth).",
+)
+@click.option(
+    "--greedy-stop",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.75,
+    show_default=True,
+    help="Greedy statistic: fraction of the KV heads it cuts before it stops.",
+)
+@click.option(
     "--grid-resolution",
     type=click.IntRange(min=1),
     default=1,
@@ -407,6 +421,8 @@ def compress(
     layer_baseline: bool,
     duo_baseline: bool,
     statistic: str,
+    greedy_group: int,
+    greedy_stop: float,
     grid_resolution: int,
     out: Path,
 ) -> None:
@@ -442,6 +458,8 @@ def compress(
         layer_baseline=layer_baseline,
         duo_baseline=duo_baseline,
         statistic=statistic,
+        greedy_group=greedy_group,
+        greedy_stop=greedy_stop,
         grid_resolution=grid_resolution,
         out=out,
     )

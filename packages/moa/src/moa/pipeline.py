@@ -61,6 +61,9 @@ class CompressSettings:
     duo_baseline: bool = True
     # Profile statistic: MoA's first-order influence, or the measured loss of cutting each KV head.
     statistic: str = "influence"
+    # The greedy statistic's heads cut per round (0: an eighth) and the fraction of heads it cuts.
+    greedy_group: int = 0
+    greedy_stop: float = 0.75
     # Rule-grid resolution of the optimizer (1: the original MoA grid).
     grid_resolution: int = 1
 
@@ -215,6 +218,8 @@ class _Compress:
         s = self.s
         args = ["profile", self.calib, "--model", s.model, "--out", self.out / "profiles", "--sink", s.sink]
         args += ["--block", s.block, "--statistic", s.statistic, "--quiet"]
+        if s.statistic == "greedy":
+            args += ["--greedy-group", s.greedy_group, "--greedy-stop", s.greedy_stop]
         self.stage("profile", [s.model, self.calib], self.profile_files, lambda: _moa(args, "profile", self.echo))
 
     def optimize(self) -> None:
