@@ -89,9 +89,17 @@ class CompressSettings:
 
 # Plan variants solved at each budget: (name, extra `moa optimize` arguments); "" is MoA itself.
 def _variants(s: CompressSettings, density: float) -> list[tuple[str, list[object]]]:
-    out: list[tuple[str, list[object]]] = [("", ["--grid-resolution", s.grid_resolution])]
+    grid: list[object] = ["--grid-resolution", s.grid_resolution]
+    if len(set(s.lengths)) == 1:
+        # One profiled length says what each head loses at that length only, nothing about how its span
+        # should grow: the default grid's offsets would buy "whole at N, fixed beyond" rules that look free
+        # there and starve the head at longer inputs (measured on SmolLM2, RESULTS.md). So spans are
+        # proportional: alpha 0 (or the sink + one block), beta in eighths of N.
+        steps = 8 * s.grid_resolution
+        grid = ["--alphas", f"0,{s.sink + s.block}", "--betas", ",".join(f"{i / steps:g}" for i in range(steps + 1))]
+    out: list[tuple[str, list[object]]] = [("", grid)]
     if s.layer_baseline:
-        out.append(("layer", ["--grid-resolution", s.grid_resolution, "--max-rules-per-layer", 1]))
+        out.append(("layer", [*grid, "--max-rules-per-layer", 1]))
     if s.duo_baseline:
         # Whole (0 + 1 x N) or sink + window (S + W + 0 x N): the two rules of the restricted grid. The
         # density of such a plan falls with N, so only the upper bound applies.
