@@ -40,7 +40,9 @@ code paths (``model.generate`` under the press; the pipeline's ``_forward``) on 
 
 Output (``--out DIR``): ``kvpress.parquet`` / ``kvpress.csv`` with rows ``press, protocol,
 kv_fraction, task, length, decile, correct, total, accuracy, kv_density`` (``kv_density``: cache
-entries at the end of the answer over tokens seen), and ``kvpress.md``, the accuracy table.
+entries at the end of the answer over tokens seen), ``kvpress.md``, the accuracy table, and
+``answers.jsonl``, every answer, appended record by record (``--resume`` keeps those already
+there and evaluates the rest).
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, help="torch CPU threads (default torch's; 1 is faster on a busy machine)"
     )
+    parser.add_argument("--resume", action="store_true", help="keep the records DIR/answers.jsonl already has")
     parser.add_argument("--verify", action="store_true", help="check the first prompt against kvpress's own paths")
     return parser.parse_args(argv)
 
@@ -453,25 +456,82 @@ def markdown(rows: list[dict[str, Any]], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(out: Path, rows: list[dict[str, Any]], results: list[dict[str, Any]], header: str) -> str:
-    """``kvpress.parquet``, ``kvpress.csv``, ``kvpress.md`` and ``answers.jsonl`` (per record)."""
+def write(out: Path, rows: list[dict[str, Any]], header: str) -> str:
+    """``kvpress.parquet``, ``kvpress.csv`` and ``kvpress.md``; returns the Markdown."""
     import pandas as pd
 
-    out.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(rows)
     frame.to_parquet(out / "kvpress.parquet", index=False)
     frame.to_csv(out / "kvpress.csv", index=False)
     text = markdown(rows, header)
     (out / "kvpress.md").write_text(text)
-    with (out / "answers.jsonl").open("w") as f:
-        for r in results:
-            f.write(json.dumps(r) + "\n")
     return text
+
+
+def _expected(cfgs: Sequence[Config], protocols: Sequence[str]) -> set[tuple[str, str, float]]:
+    """The (press, protocol, kv_fraction) answers one record gets, as `evaluate_record` labels them."""
+    return {
+        (c.press, "-" if c.press == "dense" else p, c.kv_fraction)
+        for p in protocols
+        for c in cfgs
+        if p == "aware" or c.press != "dense"
+    }
+
+
+def _resumed(path: Path, expected: set[tuple[str, str, float]]) -> dict[tuple[str, int, int], list[dict]]:
+    """Per-record answers already in ``answers.jsonl``, for records that have every expected answer."""
+    by_record: dict[tuple[str, int, int], list[dict]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            by_record.setdefault((r["task"], r["length"], r["index"]), []).append(r)
+    return {
+        key: rs
+        for key, rs in by_record.items()
+        if {(r["press"], r["protocol"], r["kv_fraction"]) for r in rs} == expected
+    }
+
+
+def evaluate_all(
+    model: Any, tokenizer: Any, args: argparse.Namespace, grid: tuple[list[str], list[int], list[str]], out: Path
+) -> list[dict[str, Any]]:
+    """Every record of every (task, length); each record's answers are appended to ``answers.jsonl``
+    as soon as they exist, so a run that is stopped keeps them (``--resume`` skips them)."""
+    tasks, lengths, protocols = grid
+    cfgs = configs(args)
+    path = out / "answers.jsonl"
+    done = _resumed(path, _expected(cfgs, protocols)) if args.resume else {}
+    results: list[dict[str, Any]] = []
+    with path.open("w") as f:
+        for rs in done.values():
+            f.writelines(json.dumps(r) + "\n" for r in rs)
+        f.flush()
+        for task in tasks:
+            for length in lengths:
+                recs = records(tokenizer, task, length, args.samples)
+                if args.verify and not results and not done:
+                    for line in verify(model, tokenizer, recs[0], cfgs, protocols) or ["all answers identical"]:
+                        print(f"verify {task} N={length} #0: {line}", file=sys.stderr)
+                for i, record in enumerate(recs):
+                    if (task, length, i) in done:
+                        results += done[(task, length, i)]
+                        continue
+                    tick = time.monotonic()
+                    decile = int(record.metadata["depth_decile"])
+                    rs = [
+                        {"task": task, "length": length, "index": i, "decile": decile, **r}
+                        for r in evaluate_record(model, tokenizer, record, cfgs, protocols)
+                    ]
+                    f.writelines(json.dumps(r) + "\n" for r in rs)
+                    f.flush()
+                    results += rs
+                    print(f"{task} N={length} #{i}: {time.monotonic() - tick:.1f} s", file=sys.stderr, flush=True)
+    return results
 
 
 def run(args: argparse.Namespace) -> int:
     model_path, tasks, lengths, protocols = check_inputs(args)
-    cfgs = configs(args)
+    configs(args)
     try:
         import kvpress  # noqa: F401 - fail here, before the model loads
         import torch
@@ -483,30 +543,21 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.monotonic()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load(model_path)
-    results: list[dict[str, Any]] = []
-    for task in tasks:
-        for length in lengths:
-            recs = records(tokenizer, task, length, args.samples)
-            if args.verify and not results:
-                for line in verify(model, tokenizer, recs[0], cfgs, protocols) or ["all answers identical"]:
-                    print(f"verify {task} N={length} #0: {line}", file=sys.stderr)
-            for i, record in enumerate(recs):
-                tick = time.monotonic()
-                decile = int(record.metadata["depth_decile"])
-                for r in evaluate_record(model, tokenizer, record, cfgs, protocols):
-                    results.append({"task": task, "length": length, "index": i, "decile": decile, **r})
-                print(f"{task} N={length} #{i}: {time.monotonic() - tick:.1f} s", file=sys.stderr, flush=True)
+    results = evaluate_all(model, tokenizer, args, (tasks, lengths, protocols), out)
     wall = time.monotonic() - started
     header = (
         f"kvpress {version('kvpress')} presses on moa's retrieval "
         f"prompts (completion form, seed {SEED}, greedy), {model_path.name} fp32 on CPU; torch {torch.__version__}, "
         f"transformers {transformers.__version__}, {platform.processor() or platform.machine()}; "
-        f"{args.samples} prompts per task and length; wall {wall / 60:.1f} min. "
+        f"{args.samples} prompts per task and length; wall {wall / 60:.1f} min"
+        f"{' (this run; earlier answers resumed)' if args.resume else ''}. "
         "Cells: prompts correct / prompts. aware: question prefilled under the press; "
         "agnostic: context compressed first, question after (kvpress's pipeline protocol)."
     )
-    print(write(Path(args.out), aggregate(results), results, header))
+    print(write(out, aggregate(results), header))
     return 0
 
 
