@@ -30,6 +30,52 @@ def _float_list(value: str) -> list[float]:
     return out
 
 
+def _named_plans(values: tuple[str, ...]) -> list[tuple[str, Path]]:
+    plans = []
+    for value in values:
+        name, sep, path = value.rpartition("=")
+        target = Path(path if sep else value)
+        if not target.is_file():
+            raise click.BadParameter(f"plan file {str(target)!r} does not exist", param_hint="--plan")
+        plans.append((name if sep and name else target.stem, target))
+    return plans
+
+
+_E2E_COLUMNS = [
+    "label",
+    "length",
+    "batch",
+    "prefill_chunk",
+    "prefill_s",
+    "prefill_speedup",
+    "decode_tok_s",
+    "decode_speedup",
+    "decode_vs_dynamic",
+    "floor_ratio",
+    "of_floor_ratio",
+    "floor_fraction",
+    "kv_density",
+    "kv_bytes",
+    "kv_vs_formula",
+    "peak_rss_bytes",
+    "error",
+]
+
+
+def _profile_tables(rows: list[dict[str, object]]) -> str:
+    from moa.bench.report import markdown_table
+
+    parts = []
+    for row in rows:
+        ops = row.get("profile")
+        if isinstance(ops, list) and ops:
+            parts.append(
+                f"\nOne decode step of {row['label']} (N={row['length']}, batch {row['batch']}), top operators:\n\n"
+                + markdown_table(ops, ["op", "calls", "self_ms", "share"])
+            )
+    return "".join(parts)
+
+
 @bench.command("e2e")
 @click.option(
     "--model",
@@ -41,93 +87,166 @@ def _float_list(value: str) -> list[float]:
 )
 @click.option("--lengths", type=LengthList(), default="4096,8192,16384", show_default=True)
 @click.option("--batches", type=LengthList(), default="1,4", show_default=True)
-@click.option("--densities", default="0.5,0.25", show_default=True)
-@click.option("--new-tokens", type=click.IntRange(min=8), default=24, show_default=True)
+@click.option(
+    "--methods",
+    default="dense,dense-static,uniform,moa",
+    show_default=True,
+    help="Comma-separated from: dense (dynamic cache, transformers' default), dense-static (StaticCache: the "
+    "baseline of every ratio), dense-compiled (dense-static + torch.compile of the decode step), uniform, moa.",
+)
+@click.option(
+    "--densities",
+    default="0.5,0.25",
+    show_default=True,
+    help="KV densities of the uniform plans (and of the heterogeneous bench plans when no --plan is given).",
+)
 @click.option(
     "--plan",
-    "plan_path",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="MoA plan for a real --model (otherwise a heterogeneous plan of equal density).",
+    "plans",
+    multiple=True,
+    help="[NAME=]PLAN.json run as a 'moa' case (instead of the heterogeneous bench plans); repeatable.",
 )
+@click.option("--new-tokens", type=click.IntRange(min=8), default=24, show_default=True)
+@click.option(
+    "--prefill-rows",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Rows to prefill; the cache is replicated to the batch (decode reads the same bytes). 0: every row.",
+)
+@click.option(
+    "--prefill-chunk",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Prefill chunk in tokens for every method (0: one pass). Default: dense one pass, plans 4096.",
+)
+@click.option(
+    "--max-batch-gib",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Instead of --batches: the largest batch of each method whose measured peak (VmHWM) stays within this, "
+    "and its decode speed (prefill-rows 1).",
+)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True)
+@click.option("--profile-step", is_flag=True, help="Also profile one decode step per case (top operators).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="torch threads per case.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/bench"), show_default=True)
 def e2e(
     models: tuple[str, ...],
     lengths: list[int],
     batches: list[int],
+    methods: str,
     densities: str,
+    plans: tuple[str, ...],
     new_tokens: int,
-    plan_path: Path | None,
+    prefill_rows: int,
+    prefill_chunk: int | None,
+    max_batch_gib: float | None,
+    dtype: str,
+    profile_step: bool,
     threads: int,
     out: Path,
 ) -> None:
-    """Prefill latency, decode tokens/s, KV bytes and peak memory: dense vs uniform vs MoA."""
+    """Prefill latency, decode tokens/s, KV bytes and peak memory: dense baselines vs uniform vs MoA."""
     from moa.bench.bandwidth import copy_bandwidth
-    from moa.bench.e2e import Case, run_e2e
+    from moa.bench.e2e import METHODS, Case, add_ratios, find_max_batch, run_e2e
     from moa.bench.env import environment
     from moa.bench.report import write_results
 
     dens = _float_list(densities)
+    chosen = [m for m in methods.split(",") if m]
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown or not chosen:
+        raise click.BadParameter(
+            f"unknown method {unknown[0] if unknown else methods!r}; expected some of {', '.join(METHODS)}",
+            param_hint="--methods",
+        )
+    named = _named_plans(plans)
+    if named and models != ("bench",) and len(models) > 1:
+        raise click.BadParameter("--plan files belong to one model; give one --model with them", param_hint="--plan")
     for model in models:
         if model != "bench":
             try:
                 resolve_model_source(model, require_weights=True)
             except MoaError as exc:
                 raise click.BadParameter(str(exc), param_hint="--model") from None
-    cases = []
-    for model in models:
-        for length in lengths:
-            for batch in batches:
-                cases.append(
-                    Case(
-                        model=model, method="dense", length=length, batch=batch, new_tokens=new_tokens, threads=threads
-                    )
-                )
-                for d in dens:
-                    for method in ("uniform", "moa"):
-                        plan = str(plan_path) if (method == "moa" and model != "bench" and plan_path) else None
-                        cases.append(
-                            Case(
-                                model=model,
-                                method=method,
-                                length=length,
-                                batch=batch,
-                                density=d,
-                                new_tokens=new_tokens,
-                                plan=plan,
-                                threads=threads,
-                            )
-                        )
+    if prefill_rows and max_batch_gib is None and any(b % prefill_rows for b in batches):
+        raise click.BadParameter(f"--prefill-rows {prefill_rows} must divide every batch", param_hint="--prefill-rows")
+
+    def cases_for(model: str, length: int, batch: int) -> list[Case]:
+        common = {
+            "model": model,
+            "length": length,
+            "batch": batch,
+            "new_tokens": new_tokens,
+            "threads": threads,
+            "prefill_chunk_size": prefill_chunk,
+            "prefill_rows": prefill_rows or None,
+            "dtype": dtype,
+            "profile_step": profile_step,
+        }
+        cell = []
+        for method in chosen:
+            if method == "uniform":
+                cell += [Case(method="uniform", density=d, **common) for d in dens]  # type: ignore[arg-type]
+            elif method == "moa" and named:
+                cell += [Case(method="moa", name=n, plan=str(p), **common) for n, p in named]  # type: ignore[arg-type]
+            elif method == "moa":
+                cell += [Case(method="moa", density=d, **common) for d in dens]  # type: ignore[arg-type]
+            else:
+                cell.append(Case(method=method, **common))  # type: ignore[arg-type]
+        return cell
+
     bandwidth = copy_bandwidth()
-    click.echo(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s; {len(cases)} cases", err=True)
+    click.echo(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s", err=True)
 
     def progress(case: Case) -> None:
-        click.echo(f"  {case.model} {case.method} d={case.density} N={case.length} B={case.batch}", err=True)
+        click.echo(f"  {case.model} {case.label} N={case.length} B={case.batch}", err=True)
 
-    rows = run_e2e(cases, bandwidth=bandwidth, progress=progress)
+    if max_batch_gib is not None:
+        rows = []
+        for model in models:
+            for length in lengths:
+                for case in cases_for(model, length, 1):
+                    rows.append(
+                        find_max_batch(case, int(max_batch_gib * 2**30), bandwidth=bandwidth, progress=progress)
+                    )
+        rows = add_ratios(rows)
+        base = {(r["model"], r["length"]): r for r in rows if r["method"] == "dense-static" and "error" not in r}
+        for r in rows:
+            b = base.get((r["model"], r["length"]))
+            if b is not None and "error" not in r:
+                r["batch_vs_static"] = r["batch"] / b["batch"]
+                r["throughput_vs_static"] = r["decode_tok_s"] / b["decode_tok_s"]
+        columns = [
+            "label",
+            "length",
+            "fits_gib",
+            "batch",
+            "batch_vs_static",
+            "decode_tok_s",
+            "throughput_vs_static",
+            "peak_rss_bytes",
+            "kv_density",
+            "error",
+        ]
+        name = "e2e-max-batch"
+    else:
+        cases = [
+            c for model in models for length in lengths for batch in batches for c in cases_for(model, length, batch)
+        ]
+        click.echo(f"{len(cases)} cases", err=True)
+        rows = run_e2e(cases, bandwidth=bandwidth, progress=progress)
+        columns, name = _E2E_COLUMNS, "e2e"
     env = environment()
     env["copy_bandwidth_gb_s"] = bandwidth / 1e9
-    columns = [
-        "model",
-        "method",
-        "density",
-        "length",
-        "batch",
-        "prefill_s",
-        "prefill_speedup",
-        "decode_tok_s",
-        "decode_speedup",
-        "floor_tok_s",
-        "floor_fraction",
-        "kv_bytes",
-        "kv_ratio",
-        "peak_rss_bytes",
-        "error",
-    ]
     command = "moa bench e2e " + " ".join(shlex.quote(a) for a in sys.argv[3:])
-    text = write_results(rows, columns, out, "e2e", env, command)
+    models_line = ", ".join(sorted({str(r["model"]) for r in rows}))
+    text = write_results(
+        rows, columns, out, name, env, command, footer=f"\nModels: {models_line}\n" + _profile_tables(rows)
+    )
     click.echo(text)
-    click.echo(json.dumps({"bench": "e2e", "copy_bandwidth_gb_s": bandwidth / 1e9, "rows": rows}, default=str))
+    click.echo(json.dumps({"bench": name, "copy_bandwidth_gb_s": bandwidth / 1e9, "rows": rows}, default=str))
 
 
 @bench.command("profile")

@@ -39,9 +39,17 @@ def write_parquet(rows: Sequence[dict[str, Any]], path: Path) -> Path:
 
 
 def write_results(
-    rows: Sequence[dict[str, Any]], columns: Sequence[str], out_dir: Path, name: str, env: dict[str, Any], command: str
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    out_dir: Path,
+    name: str,
+    env: dict[str, Any],
+    command: str,
+    *,
+    footer: str = "",
 ) -> str:
-    """Write ``name.md`` (command, environment, table) and ``name.parquet`` under ``out_dir``.
+    """Write ``name.md`` (command, environment, table, ``footer``), ``name.parquet`` (the rows' scalar
+    fields) and ``name.json`` (everything) under ``out_dir``.
 
     Returns:
         The Markdown text.
@@ -54,8 +62,9 @@ def write_results(
         + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
         + "\n\n"
     )
-    text = header + table
+    text = header + table + footer
     atomic_write_text(out_dir / f"{name}.md", text)
-    write_parquet(rows, out_dir / f"{name}.parquet")
+    scalar = (str, int, float, bool, type(None))
+    write_parquet([{k: v for k, v in r.items() if isinstance(v, scalar)} for r in rows], out_dir / f"{name}.parquet")
     atomic_write_text(out_dir / f"{name}.json", json.dumps({"env": env, "rows": list(rows)}, default=str) + "\n")
     return text
