@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 
 from moa_plan import Plan, load_profile
@@ -42,6 +43,9 @@ def test_compress_writes_a_plan_within_budget(compressed: Path, reference_model:
     assert set(manifest["stages"]) == {"calibrate", "validation-data", "profile", "optimize", "validate"}
     report = (compressed / "report.md").read_text()
     assert report.startswith("# moa compress report")
+    # Each final plan's row carries its validation loss (the lowest of its budget's validation table).
+    best = float(pl.read_parquet(compressed / "d0.5" / "validation.parquet")["loss"].min())
+    assert f"| 0.5 MoA | `d0.5/plan.json` | {best:.3f} |" in report
     # The per-layer-only ablation: same budget, one rule shared by all heads of each layer.
     layer = Plan.load(compressed / "d0.5" / "layer" / "plan.json")
     for n in (256, 512, 1024):

@@ -310,6 +310,19 @@ def run_compress(s: CompressSettings, echo: Callable[[str], None] = print) -> di
     return {"plans": [str(p) for p in finals], "plan": str(finals[0]), "report": report}
 
 
+def _validation_loss(plan_dir: Path) -> str:
+    """The best validation loss recorded in ``plan_dir/validation.parquet`` ("-" when absent)."""
+    import polars as pl
+
+    table = plan_dir / "validation.parquet"
+    if not table.is_file():
+        return "-"
+    frame = pl.read_parquet(table)
+    if "loss" not in frame.columns or frame.height == 0:
+        return "-"
+    return f"{float(frame['loss'].min()):.3f}"
+
+
 def _report(s: CompressSettings, finals: Sequence[tuple[float, str, Path]], eval_table: str) -> str:
     lines = [
         f"# moa compress report: {s.model}",
@@ -321,23 +334,31 @@ def _report(s: CompressSettings, finals: Sequence[tuple[float, str, Path]], eval
     ]
     check = sorted({*s.lengths, s.val_length, *(s.eval_lengths or ())})
     lines += [
-        "| budget | final plan | " + " | ".join(f"KV density @{n}" for n in check) + " |",
-        "| --- | --- | " + " | ".join("---" for _ in check) + " |",
+        f"| budget | final plan | validation loss @{s.val_length} | "
+        + " | ".join(f"KV density @{n}" for n in check)
+        + " |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in check) + " |",
     ]
     for density, kind, path in finals:
         plan = Plan.load(path)
         lines.append(
-            f"| {density:g} {kind} | `{path.relative_to(s.out)}` | "
+            f"| {density:g} {kind} | `{path.relative_to(s.out)}` | {_validation_loss(path.parent)} | "
             + " | ".join(f"{plan.density(n):.3f}" for n in check)
             + " |"
         )
     lines += [
         "",
         "Pareto fronts and span heatmaps: `d*/plans/pareto.png`, `d*/plans/heatmap_*.png`; validation "
-        "tables: `d*/validation.md`. The per-layer-only plans (`d*/layer/`, one rule shared by every head of a "
-        "layer) and the DuoAttention-style plans (`d*/duo/`, each KV head whole or sink + one fixed local window) "
-        "are the ablations that show what per-head elastic spans add; all are solved from the same profile at the same budget.",
+        "tables: `d*/validation.md` (answer loss of held-out calibration-task samples at the unseen length; "
+        "the final plan is the Pareto point with the lowest).",
     ]
+    if s.layer_baseline or s.duo_baseline:
+        lines.append(
+            "The per-layer-only plans (`d*/layer/`, one rule shared by every head of a layer) and the "
+            "DuoAttention-style plans (`d*/duo/`, each KV head whole or sink + one fixed local window) are the "
+            "ablations that show what per-head elastic spans add; all are solved from the same profile at the same "
+            "budget."
+        )
     if eval_table:
         lines += [
             "",
