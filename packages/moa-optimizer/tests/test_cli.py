@@ -112,3 +112,30 @@ def test_third_party_optimizer_plugin(toy_plugin, profile_files, tmp_path):
     plan = Plan.load(out / "plan_00.json")
     assert plan.provenance.notes == "toy"
     assert set(plan.betas.ravel()) == {0.5}
+
+
+def test_shape_by_optimizes_the_shaped_profile(profile_files, small_profiles, tmp_path):
+    from moa_plan import load_profile, shape_profile
+
+    # The same profiles as their own shape, rolled: a different distance shape with the same lengths.
+    shapes = []
+    for p in small_profiles:
+        rolled = type(p)(**{**p.__dict__, "hist": p.hist[..., ::-1].copy()})
+        shapes.append(rolled.save(tmp_path / f"s{p.length}.safetensors"))
+    args = ["--density", "0.5", "--single", "--time-limit", "5", "--no-plots"]
+    shape_args = [a for s in shapes for a in ("--shape-by", s)]
+    result = _run(["--profiles", *profile_files, *shape_args, *args, "--out", tmp_path / "a"])
+    assert result.exit_code == 0, result.output
+    # Oracle: optimize the profiles shaped by the library function, written to files first.
+    shaped = [
+        shape_profile(load_profile(f), load_profile(s)).save(tmp_path / f"x{i}.safetensors")
+        for i, (f, s) in enumerate(zip(profile_files, shapes, strict=True))
+    ]
+    result = _run(["--profiles", *shaped, *args, "--out", tmp_path / "b"])
+    assert result.exit_code == 0, result.output
+    a, b = Plan.load(tmp_path / "a" / "plan_00.json"), Plan.load(tmp_path / "b" / "plan_00.json")
+    assert (a.spans(8192) == b.spans(8192)).all()
+    line = _one_sentence_error(
+        _run(["--profiles", *profile_files, "--shape-by", shapes[0], *args, "--out", tmp_path / "c"])
+    )
+    assert "--shape-by has no profile of length" in line

@@ -162,3 +162,30 @@ def test_metadata_is_plain_strings(tmp_path: Path) -> None:
         meta = handle.metadata()
     assert json.loads(meta["fingerprint"])["num_layers"] == 2
     assert all(isinstance(v, str) for v in meta.values())
+
+
+def test_shape_profile_keeps_the_measured_cut_and_takes_the_influence_shape() -> None:
+    from moa_plan import shape_profile
+
+    measured, shape = make(seed=1), make(seed=2)
+    # One KV head of the shape profile has no influence beyond the block: it must fall linearly.
+    shape.hist[1, 2:4, 4:] = 0.0
+    out = shape_profile(measured, shape)
+    k = measured.hist.shape[-1]
+    for layer in range(2):
+        for kv in range(2):
+            heads = slice(2 * kv, 2 * kv + 2)
+            value = float(
+                measured.hist[layer, heads, 4:].astype(np.float64).sum()
+            )  # measured loss of the cut to window = block
+            far = shape.hist[layer, heads].astype(np.float64).sum(axis=0)
+            for w in (4, 5, 9, 20, k - 1, k):
+                # Brute force: the loss of window w is the measured value x the influence share at d >= w.
+                if far[4:].sum() > 0:
+                    want = value * far[w:].sum() / far[4:].sum()
+                else:
+                    want = value * (k - w) / (k - 4)
+                got = float(out.window_loss(np.full((2, 2), w))[layer, kv])
+                assert got == pytest.approx(want, rel=1e-9, abs=1e-12)
+    with pytest.raises(ProfileError, match="different length"):
+        shape_profile(measured, make(length=41))

@@ -31,6 +31,17 @@ def _run(ctx_fn: Any) -> Any:
         raise MoaCommandError(str(exc)) from None
 
 
+def _shaped(profiles: list[Any], shape_paths: tuple[Path, ...]) -> list[Any]:
+    """Each profile shaped by the --shape-by profile of its length (`moa_plan.shape_profile`)."""
+    from moa_plan import ProfileError, shape_profile
+
+    shapes = {p.length: p for p in (load_profile(path) for path in shape_paths)}
+    missing = sorted({p.length for p in profiles} - set(shapes))
+    if missing:
+        raise ProfileError(f"--shape-by has no profile of length {missing[0]} (give one per profiled length).")
+    return [shape_profile(p, shapes[p.length]) for p in profiles]
+
+
 @click.command("optimize")
 @click.option(
     "--profiles",
@@ -100,6 +111,14 @@ def _run(ctx_fn: Any) -> Any:
     "and --betas; e.g. --alphas 0,320 --betas 0,1: each head whole or sink + a fixed window, DuoAttention-style).",
 )
 @click.option("--betas", help="Rule-grid betas in [0, 1], comma-separated (with or without --alphas).")
+@click.option(
+    "--shape-by",
+    "shape_paths",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Influence profile(s) of the same lengths: each profile's loss per KV head (e.g. a measured one, "
+    "--statistic greedy) is spread over distances like this one's influence (moa_plan.shape_profile); repeatable.",
+)
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--show-rules", is_flag=True, help="Print the rule grid (spans at every constrained length) first.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output directory.")
@@ -122,6 +141,7 @@ def optimize_command(
     grid_resolution: int,
     alphas: str | None,
     betas: str | None,
+    shape_paths: tuple[Path, ...],
     no_plots: bool,
     show_rules: bool,
     out: Path,
@@ -160,6 +180,8 @@ def optimize_command(
     paths = [first, *more]
     profiles = _run(lambda: [load_profile(p) for p in paths])
     _run(lambda: _same_model(profiles, paths))
+    if shape_paths:
+        profiles = _run(lambda: _shaped(profiles, shape_paths))
     if show_rules and not as_json:
         from moa_optimizer.grid import format_rule_table, make_grid
 

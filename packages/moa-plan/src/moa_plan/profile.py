@@ -38,7 +38,7 @@ from moa_plan.errors import ProfileError
 from moa_plan.fingerprint import ModelFingerprint
 from moa_plan.io import atomic_write
 
-__all__ = ["PROFILE_FORMAT_VERSION", "Profile", "load_profile", "save_profile"]
+__all__ = ["PROFILE_FORMAT_VERSION", "Profile", "load_profile", "save_profile", "shape_profile"]
 
 PROFILE_FORMAT_VERSION = 1
 _REQUIRED_META = ("format", "format_version", "fingerprint", "length", "sink", "block", "num_samples")
@@ -127,6 +127,56 @@ class Profile:
     def save(self, path: str | Path) -> Path:
         """Write this profile atomically; see `save_profile`."""
         return save_profile(self, path)
+
+
+def shape_profile(measured: Profile, shape: Profile) -> Profile:
+    """``measured``'s loss per KV head, spread over distances like ``shape``'s influence.
+
+    A measured profile (one cut per KV head to the sink + one block) knows how much a head's far
+    context is worth, not how that worth falls with the window; the influence profile of the same
+    length knows the shape. The result keeps, for each KV head, the measured loss at window ``block``
+    and makes the loss of a window W the measured loss times the share of the head's influence at
+    distances >= W (of the influence at distances >= ``block``); a head without influence there falls
+    linearly. Query heads of a group get equal shares.
+
+    Raises:
+        ProfileError: the two profiles differ in model, length, sink, block or buckets.
+    """
+    for name in ("length", "sink", "block"):
+        if getattr(measured, name) != getattr(shape, name):
+            raise ProfileError(
+                f"cannot shape a profile by another of a different {name} "
+                f"({getattr(measured, name)} vs {getattr(shape, name)})."
+            )
+    if measured.model != shape.model or measured.hist.shape != shape.hist.shape:
+        raise ProfileError("cannot shape a profile by one of another model or bucket layout.")
+    if measured.edges is not None or shape.edges is not None:
+        raise ProfileError("shape_profile needs exact (unbucketed) histograms.")
+    block = min(measured.block, measured.hist.shape[-1])
+    value = measured.kv_hist()[..., block:].sum(axis=-1, keepdims=True)
+    weights = shape.kv_hist()
+    weights[..., :block] = 0.0
+    total = weights.sum(axis=-1, keepdims=True)
+    flat = np.zeros_like(weights)
+    flat[..., block:] = 1.0 / max(1, weights.shape[-1] - block)
+    share = np.where(total > 0, weights / np.where(total > 0, total, 1.0), flat)
+    group = measured.model.group_size
+    hist = np.repeat(value * share / group, group, axis=1)
+    note = (
+        f"{measured.notes or 'measured profile'}; shaped by the influence by distance of {shape.notes or 'a profile'}"
+    )
+    return Profile(
+        model=measured.model,
+        length=measured.length,
+        sink=measured.sink,
+        block=measured.block,
+        num_samples=measured.num_samples,
+        hist=hist,
+        sink_influence=np.asarray(measured.sink_influence, dtype=np.float64),
+        versions=dict(measured.versions),
+        mean_loss=measured.mean_loss,
+        notes=note,
+    )
 
 
 def _validate(p: Profile, source: str) -> None:

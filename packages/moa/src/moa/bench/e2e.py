@@ -382,7 +382,7 @@ def find_max_batch(
     """The largest batch whose measured peak (VmHWM) stays within ``limit_bytes``, and its decode speed.
 
     Peak memory is linear in the batch (the cache's rows) plus a constant (weights, one row's prefill):
-    runs at batch 1 and 2 give the line, its prediction is run, then the batch moves one step at a time
+    runs at batch 1 and 4 give the line, its prediction is run, then the batch moves one step at a time
     until the largest batch that fits is next to one that does not (every verdict is a measured run).
 
     Returns:
@@ -405,11 +405,13 @@ def find_max_batch(
 
     if not fits(1):
         return {**run(1), "error": run(1).get("error") or "batch 1 exceeds the memory limit"}
-    one, two = run(1), run(2)
-    if "error" in two:
+    one, four = run(1), run(4)
+    if "error" in four:
         best = 1
+        while best < max_batch and fits(best + 1):
+            best += 1
     else:
-        slope = max(1, two["peak_rss_bytes"] - one["peak_rss_bytes"])
+        slope = max(1.0, (four["peak_rss_bytes"] - one["peak_rss_bytes"]) / 3)
         guess = int(1 + (limit_bytes - one["peak_rss_bytes"]) // slope)
         best = max(1, min(max_batch, guess))
         while best > 1 and not fits(best):
