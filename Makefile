@@ -10,7 +10,7 @@ TORCH_PIN ?= torch==2.13.0
 SRC_DIRS := $(foreach p,$(PKGS),packages/$(p)/src)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup assets test lint typecheck pytest test-slow test-gpu demo demo-reference experiment bench clean
+.PHONY: help setup assets test lint typecheck pytest test-slow test-gpu demo demo-reference experiment bench bench-smollm2 clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -76,6 +76,18 @@ EXPERIMENT_ARGS := --model models/smollm2-135m-instruct --task facts --template 
 experiment: assets ## The SmolLM2 comparison of RESULTS.md (measured greedy profile, all baselines; hours on 2 cores)
 	$(BIN)/moa compress $(EXPERIMENT_ARGS) --out $(EXPERIMENT_OUT)
 	@cat $(EXPERIMENT_OUT)/report.md
+
+SMOLLM2_PLANS := --plan moa-0.5=plans/smollm2-135m-instruct/moa-measured-proportional-0.5.json \
+	--plan moa-0.25=plans/smollm2-135m-instruct/moa-measured-proportional-0.25.json
+bench-smollm2: assets ## BENCHMARKS.md's SmolLM2 section: 8k x 8 decode vs the static cache, max batch in 8 GiB, prefill (~1 h)
+	$(BIN)/moa bench e2e --model models/smollm2-135m-instruct --lengths 8192 --batches 8 \
+		--methods dense,dense-static,dense-compiled,uniform,moa --densities 0.5,0.25 $(SMOLLM2_PLANS) \
+		--prefill-rows 1 --new-tokens 16 --profile-step --out runs/bench-smollm2/8k-b8
+	$(BIN)/moa bench e2e --model models/smollm2-135m-instruct --lengths 8192 --methods dense-static,moa \
+		$(SMOLLM2_PLANS) --max-batch-gib 8 --new-tokens 8 --out runs/bench-smollm2/8k-maxbatch
+	$(BIN)/moa bench e2e --model models/smollm2-135m-instruct --lengths 8192 --batches 1 --methods dense-static,moa \
+		--plan moa-0.25=plans/smollm2-135m-instruct/moa-measured-proportional-0.25.json --prefill-chunk 0 \
+		--new-tokens 8 --out runs/bench-smollm2/8k-prefill-onepass
 
 bench: setup ## CPU benchmarks (e2e decode/prefill/memory, optimizer search, profiling cost) into runs/bench
 	$(BIN)/moa bench e2e --out runs/bench

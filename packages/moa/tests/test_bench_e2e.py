@@ -102,7 +102,7 @@ def test_max_batch_is_the_largest_measured_batch_under_the_limit(monkeypatch: py
     brute = max(b for b in range(1, 200) if 1000 + 70 * b + 2 * b * b <= limit)
     assert row["batch"] == brute
     assert row["batch"] + 1 in calls  # the verdict "the next batch does not fit" was measured
-    assert len(calls) == len(set(calls))
+    assert len(calls) == len(set(calls)) <= 8
 
     def too_big(case: Case, bandwidth: float, timeout: float) -> dict[str, Any]:
         return {"method": case.method, "batch": case.batch, "peak_rss_bytes": 10**9}

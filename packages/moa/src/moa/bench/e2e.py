@@ -381,9 +381,10 @@ def find_max_batch(
 ) -> dict[str, Any]:
     """The largest batch whose measured peak (VmHWM) stays within ``limit_bytes``, and its decode speed.
 
-    Peak memory is linear in the batch (the cache's rows) plus a constant (weights, one row's prefill):
-    runs at batch 1 and 4 give the line, its prediction is run, then the batch moves one step at a time
-    until the largest batch that fits is next to one that does not (every verdict is a measured run).
+    Peak memory grows with the batch (the cache's rows) plus a constant (weights, one row's prefill).
+    Every verdict is a measured run: batch 1, then batch 4, then the secant through the two measured
+    batches that bracket the limit (or the two largest that fit) until the largest batch that fits is
+    next to one that does not.
 
     Returns:
         The row of the largest batch that fits (``fits_gib``, ``tried`` added), or an ``error`` row when
@@ -399,25 +400,35 @@ def find_max_batch(
             runs[batch] = _run_in_subprocess(trial, bandwidth, timeout)
         return runs[batch]
 
-    def fits(batch: int) -> bool:
+    def peak(batch: int) -> float:
         row = run(batch)
-        return "error" not in row and row["peak_rss_bytes"] <= limit_bytes
+        return math.inf if "error" in row else float(row["peak_rss_bytes"])
 
-    if not fits(1):
+    if peak(1) > limit_bytes:
         return {**run(1), "error": run(1).get("error") or "batch 1 exceeds the memory limit"}
-    one, four = run(1), run(4)
-    if "error" in four:
-        best = 1
-        while best < max_batch and fits(best + 1):
-            best += 1
-    else:
-        slope = max(1.0, (four["peak_rss_bytes"] - one["peak_rss_bytes"]) / 3)
-        guess = int(1 + (limit_bytes - one["peak_rss_bytes"]) // slope)
-        best = max(1, min(max_batch, guess))
-        while best > 1 and not fits(best):
-            best -= 1
-        while best < max_batch and fits(best + 1):
-            best += 1
+    lo, hi = 1, None  # largest batch known to fit, smallest known not to
+    guess = min(4, max_batch)
+    for _ in range(16):
+        if guess <= lo or (hi is not None and guess >= hi):
+            break
+        if peak(guess) <= limit_bytes:
+            lo = guess
+        else:
+            hi = guess
+        if lo >= max_batch or (hi is not None and hi - lo <= 1):
+            break
+        if hi is not None and math.isfinite(peak(hi)):
+            a, b = lo, hi
+        else:
+            fitting = sorted(x for x in runs if x <= lo and peak(x) <= limit_bytes)
+            a, b = (fitting[-2], fitting[-1]) if len(fitting) > 1 else (lo, lo)
+        slope = (peak(b) - peak(a)) / (b - a) if b > a else 0.0
+        step = int((limit_bytes - peak(lo)) // slope) if slope > 0 else 2 * lo
+        guess = lo + max(1, step)
+        if hi is not None:
+            guess = min(guess, hi - 1)
+        guess = min(guess, max_batch)
+    best = lo
     row = dict(run(best))
     row["fits_gib"] = limit_bytes / 2**30
     row["tried"] = {b: (r.get("peak_rss_bytes"), r.get("error")) for b, r in sorted(runs.items())}
