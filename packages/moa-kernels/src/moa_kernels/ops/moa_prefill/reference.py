@@ -138,32 +138,48 @@ def _chunk_head(
     return out, lse
 
 
-def _chunk_head_fused(
-    qh: torch.Tensor,
-    kh: torch.Tensor,
-    vh: torch.Tensor,
+def _fused_mask(
     qpos: torch.Tensor,
     kidx: torch.Tensor,
     start: torch.Tensor,
     sink: torch.Tensor,
     window: int,
+    all_seen: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """SDPA's boolean mask [B, 1, C, K] for one chunk and window, and the rows that see a key (None: all do).
+
+    Rows that see nothing would give NaN; they are let to see key 0 and zeroed by the caller.
+    """
+    visible = _visible(qpos, kidx, start, sink, window)
+    if all_seen:
+        return visible.unsqueeze(1), None
+    seen = visible.any(dim=-1)
+    visible[..., 0] |= ~seen
+    return visible.unsqueeze(1), seen
+
+
+def _chunk_head_fused(
+    qh: torch.Tensor,
+    kh: torch.Tensor,
+    vh: torch.Tensor,
+    mask: torch.Tensor,
+    seen: torch.Tensor | None,
 ) -> torch.Tensor:
     """`_chunk_head` without the lse, through PyTorch's fused SDPA with a boolean mask (fast on CPU).
 
-    Same arguments as `_chunk_head`; ``qh`` is already scaled, so SDPA runs with scale 1.
+    ``qh`` [B, G, C, D] is already scaled, so SDPA runs with scale 1; ``mask`` and ``seen`` come from
+    `_fused_mask`.
     """
     bsz, g, c, d = qh.shape
-    visible = _visible(qpos, kidx, start, sink, window)
-    seen = visible.any(dim=-1)
-    # Rows that see nothing would give NaN; let them see key 0 and zero them afterwards.
-    visible[..., 0] |= ~seen
     out = torch.nn.functional.scaled_dot_product_attention(
         qh,
         kh.unsqueeze(1).expand(bsz, g, -1, d),
         vh.unsqueeze(1).expand(bsz, g, -1, d),
-        attn_mask=visible.unsqueeze(1),
+        attn_mask=mask,
         scale=1.0,
     )
+    if seen is None:
+        return out
     return out * seen.view(bsz, 1, c, 1).to(out.dtype)
 
 
@@ -230,31 +246,30 @@ def reference_moa_prefill(
     if bsz == 0 or seqlen == 0:
         return (out, lse_out) if return_lse else out
     arange = torch.arange(seqlen, device=q.device)
+    fused = not return_lse and cdt != torch.float64
+    # Without left padding every query sees a key (itself, or key 0 of the sink) unless its head has no
+    # window and its row no sink: then the masks need no "sees nothing" repair.
+    sinks_everywhere = bsz > 0 and bool((sink_rows > 0).all())
     for c0 in range(smin, seqlen, chunk_size):
         c1 = min(seqlen, c0 + chunk_size)
         qpos = arange[c0:c1]
         qc = q[:, c0:c1].to(cdt) * sm_scale
+        masks: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}  # per window: shared by its heads
         for head in range(h):
             ranges = _key_ranges(c0, c1, win[head], sink_max, smin, smax)
             if not ranges:
                 continue
             kidx = torch.cat([arange[a:b] for a, b in ranges])
             qh = qc[:, :, head * g : (head + 1) * g, :].permute(0, 2, 1, 3)
-            args = (
-                qh,
-                _gather(k, ranges, head, cdt),
-                _gather(v, ranges, head, cdt),
-                qpos,
-                kidx,
-                start_t,
-                sink_rows,
-                win[head],
-            )
-            if return_lse or cdt == torch.float64:
-                o_h, l_h = _chunk_head(*args)
-                lse_out[:, head * g : (head + 1) * g, c0:c1] = l_h.to(lse_dtype)
+            kh, vh = _gather(k, ranges, head, cdt), _gather(v, ranges, head, cdt)
+            if fused:
+                if win[head] not in masks:
+                    all_seen = smax == 0 and (win[head] > 0 or sinks_everywhere)
+                    masks[win[head]] = _fused_mask(qpos, kidx, start_t, sink_rows, win[head], all_seen)
+                o_h = _chunk_head_fused(qh, kh, vh, *masks[win[head]])
             else:
-                o_h = _chunk_head_fused(*args)
+                o_h, l_h = _chunk_head(qh, kh, vh, qpos, kidx, start_t, sink_rows, win[head])
+                lse_out[:, head * g : (head + 1) * g, c0:c1] = l_h.to(lse_dtype)
             out[:, c0:c1, head * g : (head + 1) * g, :] = o_h.permute(0, 2, 1, 3).to(q.dtype)
     if return_lse:
         return out, lse_out
