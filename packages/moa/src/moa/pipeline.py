@@ -320,7 +320,7 @@ def _validation_loss(plan_dir: Path) -> str:
     frame = pl.read_parquet(table)
     if "loss" not in frame.columns or frame.height == 0:
         return "-"
-    return f"{float(frame['loss'].min()):.3f}"
+    return f"{min(float(v) for v in frame['loss'].to_list()):.3f}"
 
 
 def _report(s: CompressSettings, finals: Sequence[tuple[float, str, Path]], eval_table: str) -> str:
