@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,8 @@ from moa_plan import ModelFingerprint, Plan
 from moa_plan.cli import main
 
 LENGTH, NEW = 300, 8
+# A plan of another model (SmolLM2's, committed under plans/): the bench model must reject it up front.
+SMOLLM2_PLAN = Path(__file__).resolve().parents[3] / "plans" / "smollm2-135m-instruct" / "moa-measured-shaped-0.5.json"
 
 
 def _generate_oracle(rows: int = 1) -> list[int]:
@@ -116,7 +119,8 @@ def test_max_batch_is_the_largest_measured_batch_under_the_limit(monkeypatch: py
     ("args", "needle"),
     [
         (["--methods", "dense,flash"], "unknown method 'flash'"),
-        (["--plan", "nope.json"], "does not exist"),
+        (["--plan", "nope.json"], "plan file not found"),
+        (["--plan", str(SMOLLM2_PLAN)], "plan does not fit the model"),
         (["--prefill-rows", "3", "--batches", "4"], "must divide every batch"),
     ],
 )

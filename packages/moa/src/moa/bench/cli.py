@@ -30,15 +30,23 @@ def _float_list(value: str) -> list[float]:
     return out
 
 
-def _named_plans(values: tuple[str, ...]) -> list[tuple[str, Path]]:
-    plans = []
-    for value in values:
-        name, sep, path = value.rpartition("=")
-        target = Path(path if sep else value)
-        if not target.is_file():
-            raise click.BadParameter(f"plan file {str(target)!r} does not exist", param_hint="--plan")
-        plans.append((name if sep and name else target.stem, target))
-    return plans
+def _named_plans(values: tuple[str, ...], model: str) -> list[tuple[str, Path]]:
+    """(name, path) of each ``[NAME=]PLAN.json``, checked against ``model`` by `moa.evaluate.parse_plan_specs`."""
+    from transformers import LlamaConfig
+
+    from moa.bench.e2e import BENCH_MODEL
+    from moa.evaluate import parse_plan_specs
+    from moa_plan import ModelFingerprint
+
+    if not values:
+        return []
+    if model == "bench":
+        config = {k: v for k, v in BENCH_MODEL.items() if k not in ("architectures", "model_type")}
+        fingerprint = ModelFingerprint.from_config(LlamaConfig(**config))
+    else:
+        fingerprint = ModelFingerprint.from_model_path(model)
+    specs = parse_plan_specs(list(values), fingerprint)
+    return [(spec.name, Path(value.rpartition("=")[2])) for spec, value in zip(specs, values, strict=True)]
 
 
 _E2E_COLUMNS = [
@@ -161,8 +169,7 @@ def e2e(
             f"unknown method {unknown[0] if unknown else methods!r}; expected some of {', '.join(METHODS)}",
             param_hint="--methods",
         )
-    named = _named_plans(plans)
-    if named and models != ("bench",) and len(models) > 1:
+    if plans and len(models) > 1:
         raise click.BadParameter("--plan files belong to one model; give one --model with them", param_hint="--plan")
     for model in models:
         if model != "bench":
@@ -170,6 +177,10 @@ def e2e(
                 resolve_model_source(model, require_weights=True)
             except MoaError as exc:
                 raise click.BadParameter(str(exc), param_hint="--model") from None
+    try:
+        named = _named_plans(plans, models[0])
+    except MoaError as exc:
+        raise click.BadParameter(str(exc), param_hint="--plan") from None
     if prefill_rows and max_batch_gib is None and any(b % prefill_rows for b in batches):
         raise click.BadParameter(f"--prefill-rows {prefill_rows} must divide every batch", param_hint="--prefill-rows")
 
