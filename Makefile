@@ -79,7 +79,7 @@ experiment: assets ## The SmolLM2 comparison of RESULTS.md (measured greedy prof
 
 SMOLLM2_PLANS := --plan moa-0.5=plans/smollm2-135m-instruct/moa-measured-proportional-0.5.json \
 	--plan moa-0.25=plans/smollm2-135m-instruct/moa-measured-proportional-0.25.json
-bench-smollm2: assets ## BENCHMARKS.md's SmolLM2 section: 8k x 8 decode vs the static cache, max batch in 8 GiB, prefill (~1 h)
+bench-smollm2: assets ## BENCHMARKS.md's SmolLM2 section: 8k x 8 decode vs the static cache, max batch in 8 GiB, prefill (~50 min)
 	$(BIN)/moa bench e2e --model models/smollm2-135m-instruct --lengths 8192 --batches 8 \
 		--methods dense,dense-static,dense-compiled,uniform,moa --densities 0.5,0.25 $(SMOLLM2_PLANS) \
 		--prefill-rows 1 --new-tokens 16 --profile-step --out runs/bench-smollm2/8k-b8
