@@ -9,6 +9,7 @@ from moa_kernels import (
     KernelInputError,
     merge_attention,
     moa_decode,
+    moa_decode_equal,
     moa_prefill,
     reference_moa_decode,
     reference_moa_prefill,
@@ -225,3 +226,41 @@ def test_attend_cache_bad_seen_raises():
             q, kc, kc, seg_start=torch.tensor([0]), lengths=torch.tensor([[5], [5]]), seen=torch.tensor([5]),
             sink=2, windows=torch.tensor([8]),
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("b", "t", "hq", "h", "d", "sink", "windows"),
+    [
+        pytest.param(2, 45, 4, 2, 8, 4, [5, 100], id="B2-T45-HQ4-H2-ring-and-dense"),
+        pytest.param(1, 20, 2, 2, 8, 8, [0, 3], id="B1-T20-span=sink"),
+        pytest.param(3, 30, 6, 3, 8, 2, [7, 1, 40], id="B3-T30-HQ6-H3-G2"),
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_decode_equal_over_ring_cache_matches_oracle(b, t, hq, h, d, sink, windows, dtype):
+    """Equal-length decode (SDPA per head, Python lengths) == the last row of the dense masked prefill."""
+    q, k, v = _inputs(b, t, hq, h, d, dtype=dtype)
+    w = torch.tensor(windows)
+    cache = RingCache.empty(b, d, sink=sink, windows=w, dtype=dtype)
+    cache.extend(k, v)
+    lengths = cache.lengths[0].tolist()
+    assert cache.lengths.eq(cache.lengths[:1]).all()  # every row holds the same slots: the op's precondition
+    o = moa_decode_equal(q[:, -1], cache.k, cache.v, seg_start=cache.seg_start.tolist(), lengths=lengths)
+    o_ref, _ = dense_oracle_prefill(q.double(), k.double(), v.double(), sink=sink, windows=w)
+    assert o.shape == (b, 1, hq, d) and o.dtype == dtype
+    torch.testing.assert_close(o[:, 0].double(), o_ref[:, -1], atol=1e-12 if dtype == torch.float64 else 1e-5, rtol=0)
+
+
+def test_decode_equal_empty_head_is_zero_and_bad_segments_raise():
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 4, 8, generator=g)
+    kc = torch.randn(2, 12, 8, generator=g)
+    vc = torch.randn(2, 12, 8, generator=g)
+    o = moa_decode_equal(q, kc, vc, seg_start=[0, 10], lengths=[10, 0])
+    assert torch.all(o[:, 0, 2:] == 0)
+    brute = torch.softmax((q[:, :2] @ kc[:, :10].transpose(1, 2)) * 8**-0.5, -1) @ vc[:, :10]
+    torch.testing.assert_close(o[:, 0, :2], brute, atol=1e-5, rtol=0)
+    with pytest.raises(KernelInputError, match="outside the cache"):
+        moa_decode_equal(q, kc, vc, seg_start=[0, 10], lengths=[10, 3])
+    with pytest.raises(KernelInputError, match="do not match"):
+        moa_decode_equal(q, kc, vc, seg_start=[0, 5, 9], lengths=[1, 1, 1])

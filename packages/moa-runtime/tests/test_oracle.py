@@ -226,3 +226,38 @@ def test_prefill_chunk_is_used_and_can_be_turned_off(monkeypatch: pytest.MonkeyP
         assert calls[:: plan.num_layers] == widths
     with pytest.raises(Exception, match="prefill_chunk must be a positive"):
         apply_plan(model, plan, prefill_chunk=0)
+
+
+def test_decode_takes_the_equal_length_path_only_when_rows_agree(monkeypatch: pytest.MonkeyPatch, greedy: dict) -> None:
+    """Unpadded rows decode through `moa_decode_equal`; left-padded rows whose lengths differ do not.
+
+    Both are checked against the oracle by the tests above; here only which op served each step.
+    """
+    import moa_runtime.cache as cache_mod
+
+    calls = {"equal": 0, "masked": 0}
+    equal, masked = cache_mod.moa_decode_equal, cache_mod.moa_decode
+
+    def count(name, fn):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(cache_mod, "moa_decode_equal", count("equal", equal))
+    monkeypatch.setattr(cache_mod, "moa_decode", count("masked", masked))
+    model = make_model("llama", kv_heads=2, layers=2)
+    plan = mixed_plan(model)
+    apply_plan(model, plan)
+    with torch.no_grad():
+        out = model.generate(_ids(2, 20, 5), max_new_tokens=6, **greedy)
+        assert calls == {"equal": 2 * 5, "masked": 0}  # 2 layers x 5 decode steps
+        mask = torch.ones(2, 20, dtype=torch.long)
+        mask[0, :7] = 0  # row 0 has 7 fewer tokens: a head whose span covers both rows differs
+        calls.update(equal=0, masked=0)
+        padded = model.generate(out.sequences[:, :20], attention_mask=mask, max_new_tokens=6, **greedy)
+    assert calls["masked"] > 0
+    full_mask = torch.cat([mask, torch.ones(2, 5, dtype=torch.long)], dim=1)
+    oracle = oracle_logits(model, plan, 26, padded.sequences[:, :-1], full_mask)
+    torch.testing.assert_close(step_logits(padded), oracle[:, 19:], atol=ATOL, rtol=0)

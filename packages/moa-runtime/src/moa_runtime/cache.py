@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from moa_kernels import moa_decode, moa_prefill
+from moa_kernels import moa_decode, moa_decode_equal, moa_prefill
 from moa_plan import Plan
 from moa_runtime.errors import MoaRuntimeError
 from moa_runtime.positional import positional_attention
@@ -77,6 +77,13 @@ def _last_column_real(padding: torch.Tensor | None) -> bool:
     return answer
 
 
+def _count_range(seen: torch.Tensor) -> tuple[int, int] | None:
+    """(fewest, most) tokens seen by any row, as Python integers, when ``seen`` lives on the CPU; else None."""
+    if seen.device.type != "cpu" or seen.numel() == 0:
+        return None
+    return int(seen.min()), int(seen.max())
+
+
 class MoALayer(CacheLayerMixin):
     """Sink + ring KV segments of one decoder layer, for all KV heads, packed in one buffer.
 
@@ -99,12 +106,23 @@ class MoALayer(CacheLayerMixin):
         self.num_slots = int(sum(self.capacity))
         self.implementation = check_implementation(implementation)
         self.columns = 0
-        self.seen = torch.zeros(0, dtype=torch.int64)
+        self._seen = torch.zeros(0, dtype=torch.int64)
+        self._seen_range: tuple[int, int] | None = None
         self.lengths = torch.zeros(0, 0, dtype=torch.int64)
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __repr__(self) -> str:
         return f"MoALayer(sink={self.sink}, capacity={self.capacity})"
+
+    @property
+    def seen(self) -> torch.Tensor:
+        """int64 [B], tokens (padding excluded) each row has written so far."""
+        return self._seen
+
+    @seen.setter
+    def seen(self, value: torch.Tensor) -> None:
+        self._seen = value
+        self._seen_range = _count_range(value)
 
     @property
     def num_heads(self) -> int:
@@ -171,7 +189,7 @@ class MoALayer(CacheLayerMixin):
             keys, values = self._kv()
             keys.zero_()
             values.zero_()
-            self.seen.zero_()
+            self.seen = self.seen.zero_()
             self.lengths.zero_()
         self.columns = 0
         self._pending = None
@@ -254,21 +272,21 @@ class MoALayer(CacheLayerMixin):
         return out
 
     def _decode(self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-        """One new token per row: write it into its slot (ring overwrite), then `moa_decode`."""
-        bsz, h, _, dim = k.shape
-        pos = self.seen.unsqueeze(1)
-        w = self.win_t.unsqueeze(0)
-        ring = self.sink + torch.remainder(pos - self.sink, w.clamp(min=1))
-        slot = torch.where(pos < self.sink, pos, ring)
-        kept = (pos < self.sink) | (w > 0)
-        idx = torch.where(kept, self.seg_start.unsqueeze(0) + slot, self.num_slots)
-        idx = idx.unsqueeze(-1).expand(bsz, h, dim)
+        """One new token per row: write it into its slot (ring overwrite), then attend over the segments.
+
+        On the CPU the cache knows (as Python integers) the fewest and most tokens any row has seen:
+        when all rows agree the slots are computed without tensor ops, and when every head holds the
+        same number of slots in every row (always so once the rings are full) the attention is
+        `moa_decode_equal` (one fused SDPA per head, no mask); otherwise `moa_decode` masks per row.
+        """
+        seen_range = self._seen_range
+        triton = _use_triton(query, self.implementation)
         keys, values = self._kv()
-        keys.scatter_(1, idx, k[:, :, 0])
-        values.scatter_(1, idx, v[:, :, 0])
-        self.seen = self.seen + 1
-        self.lengths = torch.minimum(self.seen.unsqueeze(1), self.cap_t.unsqueeze(0))
-        if _use_triton(query, self.implementation):
+        if seen_range is not None and seen_range[0] == seen_range[1]:
+            self._write_equal(k, v, seen_range[0])
+        else:
+            self._write_one(k, v)
+        if triton:
             from moa_kernels.ops.moa_decode.triton import moa_decode_fwd
 
             # an upper bound of lengths saves the kernel launcher one device sync per layer and step
@@ -281,18 +299,59 @@ class MoALayer(CacheLayerMixin):
                 scale=scale,
                 max_length=max(self.capacity),
             )
-        else:
-            out = moa_decode(
-                query[:, :, 0],
-                keys,
-                values,
-                seg_start=self.seg_start,
-                lengths=self.lengths,
-                scale=scale,
-                implementation="reference",
-            )
+            assert isinstance(out, torch.Tensor)
+            return out.unsqueeze(1)
+        if seen_range is not None:
+            fewest = [min(seen_range[0] + 1, cap) for cap in self.capacity]
+            if fewest == [min(seen_range[1] + 1, cap) for cap in self.capacity]:
+                return moa_decode_equal(
+                    query[:, :, 0], keys, values, seg_start=self.seg_start_list, lengths=fewest, scale=scale
+                )
+        out = moa_decode(
+            query[:, :, 0],
+            keys,
+            values,
+            seg_start=self.seg_start,
+            lengths=self.lengths,
+            scale=scale,
+            implementation="reference",
+        )
         assert isinstance(out, torch.Tensor)
         return out.unsqueeze(1)
+
+    def _write_one(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write one new token per row (k, v: [B, H, 1, D]) at each row's own position."""
+        bsz, h, _, dim = k.shape
+        pos = self.seen.unsqueeze(1)
+        w = self.win_t.unsqueeze(0)
+        ring = self.sink + torch.remainder(pos - self.sink, w.clamp(min=1))
+        slot = torch.where(pos < self.sink, pos, ring)
+        kept = (pos < self.sink) | (w > 0)
+        idx = torch.where(kept, self.seg_start.unsqueeze(0) + slot, self.num_slots)
+        idx = idx.unsqueeze(-1).expand(bsz, h, dim)
+        keys, values = self._kv()
+        keys.scatter_(1, idx, k[:, :, 0])
+        values.scatter_(1, idx, v[:, :, 0])
+        self._advance(self.seen + 1)
+
+    def _write_equal(self, k: torch.Tensor, v: torch.Tensor, pos: int) -> None:
+        """`_write_one` when every row is at position ``pos``: the slots are Python integers."""
+        s = self.sink
+        slots = [
+            start + (pos if pos < s else s + (pos - s) % w) if (pos < s or w > 0) else self.num_slots
+            for start, w in zip(self.seg_start_list, self.windows, strict=True)
+        ]
+        keys, values = self._kv()
+        index = torch.tensor(slots, dtype=torch.int64, device=keys.device)
+        keys.index_copy_(1, index, k[:, :, 0])
+        values.index_copy_(1, index, v[:, :, 0])
+        self._seen = self._seen + 1
+        self._seen_range = (pos + 1, pos + 1)
+        self.lengths = torch.minimum(self._seen.unsqueeze(1), self.cap_t.unsqueeze(0))
+
+    def _advance(self, seen: torch.Tensor) -> None:
+        self.seen = seen
+        self.lengths = torch.minimum(seen.unsqueeze(1), self.cap_t.unsqueeze(0))
 
     def cached_positions(self, head: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Absolute positions int64 [B, capacity_h] and validity bool [B, capacity_h] of head's slots."""
@@ -345,8 +404,7 @@ class MoALayer(CacheLayerMixin):
             slot = torch.where(p < s, p, s + torch.remainder(p - s, max(w, 1))) + self.seg_start_list[head]
             cache_k[rows, slot] = k[rows, head, cols]
             cache_v[rows, slot] = v[rows, head, cols]
-        self.seen = total
-        self.lengths = torch.minimum(total.unsqueeze(1), self.cap_t.unsqueeze(0))
+        self._advance(total)
 
     def nbytes(self) -> int:
         """Bytes held by this layer's K/V buffers and bookkeeping."""

@@ -6,8 +6,9 @@ import torch
 
 from moa_kernels._checks import use_triton
 from moa_kernels.ops.moa_decode.reference import check_decode_inputs, reference_moa_decode
+from moa_kernels.ops.moa_decode.sdpa import moa_decode_equal
 
-__all__ = ["moa_decode", "reference_moa_decode", "check_decode_inputs"]
+__all__ = ["moa_decode", "moa_decode_equal", "reference_moa_decode", "check_decode_inputs"]
 
 
 def moa_decode(
