@@ -264,3 +264,50 @@ def test_decode_equal_empty_head_is_zero_and_bad_segments_raise():
         moa_decode_equal(q, kc, vc, seg_start=[0, 10], lengths=[10, 3])
     with pytest.raises(KernelInputError, match="do not match"):
         moa_decode_equal(q, kc, vc, seg_start=[0, 5, 9], lengths=[1, 1, 1])
+
+
+@pytest.mark.parametrize(
+    ("b", "t", "hq", "h", "sink", "windows", "offset"),
+    [
+        pytest.param(2, 300, 4, 2, 4, [70, 100], None, id="two-bands"),
+        pytest.param(1, 700, 6, 3, 16, [64, 500, 0], None, id="min-window-wide-and-none"),
+        pytest.param(2, 613, 4, 2, 0, [65, 300], None, id="no-sink-odd-blocks"),
+        pytest.param(1, 330, 2, 1, 64, [66], None, id="big-sink-small-window"),
+        pytest.param(1, 90, 2, 2, 8, [200, 3], None, id="window-beyond-T-and-tiny"),
+        pytest.param(2, 400, 4, 2, 16, [80, 150], [5, 5], id="uniform-offset"),
+        pytest.param(1, 300, 2, 1, 4, [100], [40], id="offset-past-the-sink"),
+    ],
+)
+def test_blockwise_prefill_matches_dense_oracle(b, t, hq, h, sink, windows, offset):
+    """The CPU fast path (unmasked fused blocks merged by lse) == the explicit-mask dense oracle, o and lse."""
+    from moa_kernels.ops.moa_prefill.blocks import MAX_BLOCK, MIN_WINDOW
+
+    blocks = [(t - w - sink) / min(w - 1, MAX_BLOCK) for w in windows if w >= MIN_WINDOW and w + sink < t]
+    assert max(blocks, default=0) > 1 or t < 100  # the band path runs more than one block
+    q, k, v = _inputs(b, t, hq, h, 16)
+    off = None if offset is None else torch.tensor(offset)
+    o, lse = moa_prefill(q, k, v, sink=sink, windows=torch.tensor(windows), offset=off, return_lse=True)
+    ref_o, ref_lse = reference_moa_prefill(
+        q, k, v, sink=sink, windows=torch.tensor(windows), offset=off, return_lse=True
+    )
+    if off is None:
+        ref_o, ref_lse = dense_oracle_prefill(q, k, v, sink=sink, windows=torch.tensor(windows))
+    torch.testing.assert_close(o, ref_o, atol=1e-12, rtol=0)
+    _assert_lse_close(lse, ref_lse, 1e-12)
+    o32 = moa_prefill(q.float(), k.float(), v.float(), sink=sink, windows=torch.tensor(windows), offset=off)
+    torch.testing.assert_close(o32.double(), ref_o, atol=2e-5, rtol=0)
+
+
+def test_blockwise_prefill_is_used_only_without_padding(monkeypatch):
+    import moa_kernels.ops.moa_prefill as prefill_mod
+
+    calls = []
+    real = prefill_mod.blockwise_moa_prefill
+    monkeypatch.setattr(prefill_mod, "blockwise_moa_prefill", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    q, k, v = _inputs(2, 150, 2, 1, 8)
+    moa_prefill(q, k, v, sink=4, windows=torch.tensor([70]))
+    assert calls == [1]
+    padded = moa_prefill(q, k, v, sink=4, windows=torch.tensor([70]), start=torch.tensor([0, 9]))
+    assert calls == [1]  # left padding: the masked reference
+    ref, _ = dense_oracle_prefill(q, k, v, sink=4, windows=torch.tensor([70]), start=torch.tensor([0, 9]))
+    torch.testing.assert_close(padded, ref, atol=1e-12, rtol=0)
