@@ -311,3 +311,44 @@ def test_blockwise_prefill_is_used_only_without_padding(monkeypatch):
     assert calls == [1]  # left padding: the masked reference
     ref, _ = dense_oracle_prefill(q, k, v, sink=4, windows=torch.tensor([70]), start=torch.tensor([0, 9]))
     torch.testing.assert_close(padded, ref, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("sink", "windows", "t1", "t2"),
+    [
+        pytest.param(4, [30, 7, 0], 100, 50, id="wrapped-rings-long-turn"),
+        pytest.param(4, [30, 70], 50, 10, id="short-turn-partial-ring"),
+        pytest.param(8, [20], 5, 40, id="seen-below-sink"),
+        pytest.param(0, [25, 3], 60, 24, id="no-sink"),
+        pytest.param(6, [200], 90, 33, id="ring-not-full"),
+    ],
+)
+def test_blockwise_attend_cache_then_prefill_equals_one_prefill(sink, windows, t1, t2):
+    """Turn 2 over turn 1's ring (every row at the same position, no padding): the mask-free cache side
+    equals the masked reference, and merged with the new tokens' prefill it equals one dense-oracle prefill."""
+    import moa_kernels.ops.moa_attend_cache as attend_mod
+    from moa_kernels.ops.moa_attend_cache import moa_attend_cache, reference_moa_attend_cache
+
+    b, hq, h, d = 2, 2 * len(windows), len(windows), 8
+    q, k, v = _inputs(b, t1 + t2, hq, h, d, seed=7)
+    w = torch.tensor(windows)
+    cache = RingCache.empty(b, d, sink=sink, windows=w, dtype=q.dtype)
+    cache.extend(k[:, :t1], v[:, :t1])
+    args = dict(seg_start=cache.seg_start, lengths=cache.lengths, seen=cache.seen.clone(), sink=sink, windows=w)
+    calls = []
+    real = attend_mod.blockwise_attend_cache
+    attend_mod.blockwise_attend_cache = lambda *a, **kw: calls.append(1) or real(*a, **kw)
+    try:
+        o_c, lse_c = moa_attend_cache(q[:, t1:], cache.k, cache.v, **args)
+    finally:
+        attend_mod.blockwise_attend_cache = real
+    assert calls == [1]
+    ref_o, ref_lse = reference_moa_attend_cache(q[:, t1:], cache.k, cache.v, **args)
+    torch.testing.assert_close(o_c, ref_o, atol=1e-12, rtol=0)
+    _assert_lse_close(lse_c, ref_lse, 1e-12)
+    o_n, lse_n = moa_prefill(
+        q[:, t1:], k[:, t1:], v[:, t1:], sink=sink, windows=w, offset=cache.seen.clone(), return_lse=True
+    )
+    o, _ = merge_attention(o_c, lse_c.transpose(1, 2), o_n, lse_n.transpose(1, 2))
+    whole, _ = dense_oracle_prefill(q, k, v, sink=sink, windows=w)
+    torch.testing.assert_close(o, whole[:, t1:], atol=1e-12, rtol=0)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from moa_kernels import moa_decode, moa_decode_equal, moa_prefill
+from moa_kernels import merge_attention, moa_attend_cache, moa_decode, moa_decode_equal, moa_prefill
 from moa_plan import Plan
 from moa_runtime.errors import MoaRuntimeError
 from moa_runtime.positional import positional_attention
@@ -265,6 +265,8 @@ class MoALayer(CacheLayerMixin):
                 implementation=self.implementation,
             )
             assert isinstance(out, torch.Tensor)
+        elif self._seen_range is not None and self._seen_range[0] == self._seen_range[1] and bool(valid.all()):
+            out = self._continue(query, k, v, scale)
         else:
             out = self._generic(query, k, v, valid, scale)
         pos = self.seen.unsqueeze(1) + torch.cumsum(valid.to(torch.int64), dim=1) - 1
@@ -365,6 +367,37 @@ class MoALayer(CacheLayerMixin):
         pos = torch.where(j < s, j, ring_pos)
         valid = torch.where(j < s, j < seen, last >= 0)
         return pos, valid
+
+    def _continue(self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        """New tokens (no padding) after cached ones, every row at the same position (a chunked prefill):
+        attention over the cache (`moa_attend_cache`) merged by lse with the prefill of the new tokens."""
+        q_t, k_t, v_t = query.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        keys, values = self._kv()
+        o_c, lse_c = moa_attend_cache(
+            q_t,
+            keys,
+            values,
+            seg_start=self.seg_start,
+            lengths=self.lengths,
+            seen=self.seen,
+            sink=self.sink,
+            windows=self.win_t,
+            scale=scale,
+        )
+        new = moa_prefill(
+            q_t,
+            k_t,
+            v_t,
+            sink=self.sink,
+            windows=self.win_t,
+            offset=self.seen,
+            scale=scale,
+            return_lse=True,
+            implementation=self.implementation,
+        )
+        assert isinstance(new, tuple)
+        out, _ = merge_attention(o_c, lse_c.transpose(1, 2), new[0], new[1].transpose(1, 2))
+        return out
 
     def _generic(
         self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, scale: float

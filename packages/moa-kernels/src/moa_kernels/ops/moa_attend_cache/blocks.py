@@ -1,0 +1,98 @@
+"""``blockwise_attend_cache``: the cache half of a chunked prefill on the CPU, as mask-free fused attention.
+
+When every row has written the same ``seen = p0`` tokens and the new tokens have no padding, the
+keys of KV head h with window ``w`` are the sink slots (positions ``< min(S, p0)``) and the ring,
+which holds positions ``[max(S, p0 - w), p0)`` (``L`` of them) in rotated order. New token ``a``
+(position ``p0 + a``) sees ring position ``p`` iff ``p >= p0 + a - w + 1``. In the ring's reversed
+position order ``r = p0 - 1 - p`` that is ``r <= w - 2 - a``: only the first ``nq = min(T, w - 1)``
+new tokens see any ring key, and with ``f = max(w - 1 - T, 0)``
+
+* ring keys ``r < f`` are seen by all of them (unmasked, together with the sink),
+* ring keys ``r >= f`` form a triangle that is causal (top-left) once the queries are reversed,
+* tokens ``a >= nq`` see the sink only.
+
+The pieces are merged through their log-sum-exps, as in `moa_kernels.ops.moa_prefill.blocks`.
+The test oracle is `reference_moa_attend_cache`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from moa_kernels._checks import default_scale
+from moa_kernels.ops.moa_prefill.blocks import _attend, _merge
+
+__all__ = ["blockwise_attend_cache"]
+
+
+def _ring(seg: torch.Tensor, sink: int, window: int, first: int, last: int) -> torch.Tensor:
+    """Keys of positions ``first..last-1`` (``>= sink``, inside the ring) from one head's segment [B, span, D],
+    in position order: at most two slices of the rotated ring."""
+    a = sink + (first - sink) % window
+    n = last - first
+    if a + n <= sink + window:
+        return seg[:, a : a + n]
+    return torch.cat([seg[:, a : sink + window], seg[:, sink : sink + n - (sink + window - a)]], dim=1)
+
+
+def blockwise_attend_cache(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    *,
+    seg_start: list[int],
+    seen: int,
+    sink: int,
+    windows: list[int],
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`reference_moa_attend_cache` when every row has seen ``seen`` tokens and the new ones have no padding.
+
+    Args:
+        q: [B, T, HQ, D]; k_cache, v_cache: [B, M, D] in the runtime's packed ring layout.
+        seg_start, windows: H Python integers; seen: tokens already cached in every row (Python int).
+        sink: S; scale: default ``1 / sqrt(D)``.
+
+    Returns:
+        o: [B, T, HQ, D] in q's dtype and lse: [B, HQ, T] float32 (float64 for fp64); a token that sees
+        no cached key has o = 0, lse = -inf.
+    """
+    bsz, seqlen, hq, dim = q.shape
+    h = len(windows)
+    g = hq // h
+    sm_scale = default_scale(dim, scale)
+    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    out = torch.zeros_like(q)
+    lse_out = torch.full((bsz, hq, seqlen), float("-inf"), dtype=lse_dtype, device=q.device)
+    n_sink = min(sink, seen)
+    flip = (2,)
+    for head, (s0, w) in enumerate(zip(seg_start, windows, strict=True)):
+        group = slice(head * g, (head + 1) * g)
+        qh = q[:, :, group].transpose(1, 2)
+        kseg, vseg = k_cache[:, s0 : s0 + sink + max(w, 0)], v_cache[:, s0 : s0 + sink + max(w, 0)]
+        ring_len = seen - max(sink, seen - w) if w > 0 else 0
+        nq = min(seqlen, max(w - 1, 0)) if ring_len > 0 else 0
+        parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if nq > 0:
+            f = max(w - 1 - seqlen, 0)
+            full = min(ring_len, f)
+            q_ring = qh[:, :, :nq]
+            if full + n_sink > 0:
+                kf = torch.cat([kseg[:, :n_sink], _ring(kseg, sink, w, seen - full, seen)], dim=1)
+                vf = torch.cat([vseg[:, :n_sink], _ring(vseg, sink, w, seen - full, seen)], dim=1)
+                parts.append(_attend(q_ring, kf.unsqueeze(1), vf.unsqueeze(1), False, sm_scale))
+            if ring_len > f:
+                # reversed ring keys r in [f, ring_len) = positions [seen - ring_len, seen - f), newest first
+                kt = _ring(kseg, sink, w, seen - ring_len, seen - f).flip((1,)).unsqueeze(1)
+                vt = _ring(vseg, sink, w, seen - ring_len, seen - f).flip((1,)).unsqueeze(1)
+                o_t, l_t = _attend(q_ring.flip(flip), kt, vt, True, sm_scale)
+                parts.append((o_t.flip(flip), l_t.flip(flip)))
+            o, lse = _merge(parts) if len(parts) > 1 else parts[0]
+            out[:, :nq, group] = o.transpose(1, 2).to(q.dtype)
+            lse_out[:, group, :nq] = lse.to(lse_dtype)
+        if nq < seqlen and n_sink > 0:
+            ks, vs = kseg[:, :n_sink].unsqueeze(1), vseg[:, :n_sink].unsqueeze(1)
+            o, lse = _attend(qh[:, :, nq:], ks, vs, False, sm_scale)
+            out[:, nq:, group] = o.transpose(1, 2).to(q.dtype)
+            lse_out[:, group, nq:] = lse.to(lse_dtype)
+    return out, lse_out
