@@ -298,19 +298,31 @@ def test_blockwise_prefill_matches_dense_oracle(b, t, hq, h, sink, windows, offs
     torch.testing.assert_close(o32.double(), ref_o, atol=2e-5, rtol=0)
 
 
-def test_blockwise_prefill_is_used_only_without_padding(monkeypatch):
+def test_blockwise_prefill_serves_padded_rows_row_by_row(monkeypatch):
+    """auto on the CPU: the whole batch when unpadded, one call per row (its real tokens) when left-padded;
+    "reference" never takes the fast path. Each against the dense oracle."""
     import moa_kernels.ops.moa_prefill as prefill_mod
 
     calls = []
     real = prefill_mod.blockwise_moa_prefill
-    monkeypatch.setattr(prefill_mod, "blockwise_moa_prefill", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    monkeypatch.setattr(
+        prefill_mod, "blockwise_moa_prefill", lambda *a, **kw: calls.append(a[0].shape) or real(*a, **kw)
+    )
     q, k, v = _inputs(2, 150, 2, 1, 8)
-    moa_prefill(q, k, v, sink=4, windows=torch.tensor([70]))
-    assert calls == [1]
-    padded = moa_prefill(q, k, v, sink=4, windows=torch.tensor([70]), start=torch.tensor([0, 9]))
-    assert calls == [1]  # left padding: the masked reference
-    ref, _ = dense_oracle_prefill(q, k, v, sink=4, windows=torch.tensor([70]), start=torch.tensor([0, 9]))
+    w = torch.tensor([70])
+    moa_prefill(q, k, v, sink=4, windows=w)
+    assert calls == [(2, 150, 2, 8)]
+    start = torch.tensor([0, 9])
+    calls.clear()
+    padded, lse = moa_prefill(q, k, v, sink=4, windows=w, start=start, return_lse=True)
+    assert calls == [(1, 150, 2, 8), (1, 141, 2, 8)]
+    ref, ref_lse = dense_oracle_prefill(q, k, v, sink=4, windows=w, start=start)
     torch.testing.assert_close(padded, ref, atol=1e-12, rtol=0)
+    _assert_lse_close(lse, ref_lse, 1e-12)
+    assert torch.all(padded[1, :9] == 0)
+    calls.clear()
+    moa_prefill(q, k, v, sink=4, windows=w, start=start, implementation="reference")
+    assert calls == []
 
 
 @pytest.mark.parametrize(

@@ -228,36 +228,36 @@ def test_prefill_chunk_is_used_and_can_be_turned_off(monkeypatch: pytest.MonkeyP
         apply_plan(model, plan, prefill_chunk=0)
 
 
-def test_decode_takes_the_equal_length_path_only_when_rows_agree(monkeypatch: pytest.MonkeyPatch, greedy: dict) -> None:
-    """Unpadded rows decode through `moa_decode_equal`; left-padded rows whose lengths differ do not.
+def test_decode_masks_only_the_heads_whose_rows_differ(monkeypatch: pytest.MonkeyPatch, greedy: dict) -> None:
+    """On the CPU every decode step is `moa_decode_equal`; unpadded rows need no mask, and in a left-padded
+    batch only the heads whose span covers more than the shorter row's tokens are masked per row.
 
-    Both are checked against the oracle by the tests above; here only which op served each step.
+    Both batches are checked against the oracle (the padded one here, the unpadded ones above).
     """
     import moa_runtime.cache as cache_mod
 
-    calls = {"equal": 0, "masked": 0}
-    equal, masked = cache_mod.moa_decode_equal, cache_mod.moa_decode
+    seen: list[tuple[int, ...]] = []
+    equal = cache_mod.moa_decode_equal
 
-    def count(name, fn):
-        def wrapped(*args, **kwargs):
-            calls[name] += 1
-            return fn(*args, **kwargs)
+    def spy(*args, **kwargs):
+        seen.append(tuple(kwargs.get("ragged", ())))
+        return equal(*args, **kwargs)
 
-        return wrapped
-
-    monkeypatch.setattr(cache_mod, "moa_decode_equal", count("equal", equal))
-    monkeypatch.setattr(cache_mod, "moa_decode", count("masked", masked))
+    monkeypatch.setattr(cache_mod, "moa_decode_equal", spy)
+    monkeypatch.setattr(cache_mod, "moa_decode", None)  # the masked reference is never reached on the CPU
     model = make_model("llama", kv_heads=2, layers=2)
     plan = mixed_plan(model)
     apply_plan(model, plan)
     with torch.no_grad():
         out = model.generate(_ids(2, 20, 5), max_new_tokens=6, **greedy)
-        assert calls == {"equal": 2 * 5, "masked": 0}  # 2 layers x 5 decode steps
+        assert len(seen) == 2 * 5 and not any(seen)  # 2 layers x 5 decode steps, no ragged head
         mask = torch.ones(2, 20, dtype=torch.long)
-        mask[0, :7] = 0  # row 0 has 7 fewer tokens: a head whose span covers both rows differs
-        calls.update(equal=0, masked=0)
+        mask[0, :7] = 0  # row 0 has 7 fewer tokens
+        seen.clear()
         padded = model.generate(out.sequences[:, :20], attention_mask=mask, max_new_tokens=6, **greedy)
-    assert calls["masked"] > 0
+    spans = MoACache(plan, model.config, max_length=26).spans()
+    expected = {tuple(h for h in range(2) if spans[layer, h] > 13 + 1) for layer in range(2)}
+    assert set(seen[:2]) == expected and any(seen)  # first step: heads longer than row 0's 14 tokens
     full_mask = torch.cat([mask, torch.ones(2, 5, dtype=torch.long)], dim=1)
     oracle = oracle_logits(model, plan, 26, padded.sequences[:, :-1], full_mask)
     torch.testing.assert_close(step_logits(padded), oracle[:, 19:], atol=ATOL, rtol=0)

@@ -157,3 +157,37 @@ def test_e2e_writes_a_table_with_ratios_against_the_static_cache(tmp_path: Any) 
     assert static["decode_speedup"] == 1.0
     assert rows[0]["decode_speedup"] == pytest.approx(rows[0]["decode_tok_s"] / static["decode_tok_s"])
     assert "decode_speedup" in (tmp_path / "e2e.md").read_text()
+
+
+def test_rounds_run_round_robin_and_report_medians(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--rounds: cases interleaved (a slow spell hits every method), medians per case, ratios from the medians."""
+    order: list[str] = []
+    speeds = {"dense-static": iter([10.0, 4.0, 11.0]), "uniform": iter([20.0, 21.0, 8.0])}
+
+    def fake(case: Case, bandwidth: float, timeout: float) -> dict[str, Any]:
+        order.append(case.method)
+        if case.method == "uniform" and len(order) == 4:
+            return {"method": case.method, "label": case.label, "error": "killed"}
+        tok = next(speeds[case.method])
+        return {
+            "model": case.model,
+            "method": case.method,
+            "length": case.length,
+            "batch": case.batch,
+            "label": case.label,
+            "decode_tok_s": tok,
+            "prefill_s": 100.0 / tok,
+            "floor_tok_s": 40.0,
+            "kv_formula_bytes": 1,
+            "peak_rss_bytes": int(tok),
+        }
+
+    monkeypatch.setattr(e2e, "_run_in_subprocess", fake)
+    cases = [Case(model="bench", method=m, length=8, batch=2, density=0.5) for m in ("dense-static", "uniform")]
+    static, uniform = e2e.run_e2e(cases, bandwidth=1.0, rounds=3)
+    assert order == ["dense-static", "uniform"] * 3
+    assert static["decode_tok_s"] == 10.0 and static["decode_tok_s_runs"] == [10.0, 4.0, 11.0]
+    assert static["prefill_s"] == 10.0 and static["peak_rss_bytes"] == 11 and static["rounds"] == 3
+    assert uniform["rounds"] == 2 and uniform["decode_tok_s"] == pytest.approx(20.5)  # the failed run is left out
+    assert uniform["decode_speedup"] == pytest.approx(2.05)
+    assert static["decode_spread"] == pytest.approx(0.7)

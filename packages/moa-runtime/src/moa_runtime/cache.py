@@ -265,8 +265,8 @@ class MoALayer(CacheLayerMixin):
                 implementation=self.implementation,
             )
             assert isinstance(out, torch.Tensor)
-        elif self._seen_range is not None and self._seen_range[0] == self._seen_range[1] and bool(valid.all()):
-            out = self._continue(query, k, v, scale)
+        elif self._seen_range is not None and (new_start := left_padding(valid)) is not None:
+            out = self._continue(query, k, v, new_start, scale)
         else:
             out = self._generic(query, k, v, valid, scale)
         pos = self.seen.unsqueeze(1) + torch.cumsum(valid.to(torch.int64), dim=1) - 1
@@ -277,9 +277,10 @@ class MoALayer(CacheLayerMixin):
         """One new token per row: write it into its slot (ring overwrite), then attend over the segments.
 
         On the CPU the cache knows (as Python integers) the fewest and most tokens any row has seen:
-        when all rows agree the slots are computed without tensor ops, and when every head holds the
-        same number of slots in every row (always so once the rings are full) the attention is
-        `moa_decode_equal` (one fused SDPA per head, no mask); otherwise `moa_decode` masks per row.
+        when all rows agree the slots are computed without tensor ops, and the attention is
+        `moa_decode_equal` (one fused SDPA per head), which masks per row only the heads whose rows
+        hold different numbers of slots (left-padded rows before a long head's ring is full). On CUDA
+        the Triton kernel (or, without triton, the masked `moa_decode`).
         """
         seen_range = self._seen_range
         triton = _use_triton(query, self.implementation)
@@ -305,10 +306,18 @@ class MoALayer(CacheLayerMixin):
             return out.unsqueeze(1)
         if seen_range is not None:
             fewest = [min(seen_range[0] + 1, cap) for cap in self.capacity]
-            if fewest == [min(seen_range[1] + 1, cap) for cap in self.capacity]:
-                return moa_decode_equal(
-                    query[:, :, 0], keys, values, seg_start=self.seg_start_list, lengths=fewest, scale=scale
-                )
+            most = [min(seen_range[1] + 1, cap) for cap in self.capacity]
+            ragged = [h for h, (lo, hi) in enumerate(zip(fewest, most, strict=True)) if lo != hi]
+            return moa_decode_equal(
+                query[:, :, 0],
+                keys,
+                values,
+                seg_start=self.seg_start_list,
+                lengths=most,
+                scale=scale,
+                ragged=ragged,
+                row_lengths=self.lengths if ragged else None,
+            )
         out = moa_decode(
             query[:, :, 0],
             keys,
@@ -368,9 +377,12 @@ class MoALayer(CacheLayerMixin):
         valid = torch.where(j < s, j < seen, last >= 0)
         return pos, valid
 
-    def _continue(self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-        """New tokens (no padding) after cached ones, every row at the same position (a chunked prefill):
-        attention over the cache (`moa_attend_cache`) merged by lse with the prefill of the new tokens."""
+    def _continue(
+        self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: torch.Tensor, scale: float
+    ) -> torch.Tensor:
+        """New tokens (left padding ``start`` [B] or none) after cached ones, on the CPU (a chunked prefill,
+        a second turn): attention over the cache (`moa_attend_cache`) merged by lse with the prefill of
+        the new tokens (`moa_prefill` at offset ``seen``)."""
         q_t, k_t, v_t = query.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         keys, values = self._kv()
         o_c, lse_c = moa_attend_cache(
@@ -382,7 +394,9 @@ class MoALayer(CacheLayerMixin):
             seen=self.seen,
             sink=self.sink,
             windows=self.win_t,
+            start=start,
             scale=scale,
+            implementation=self.implementation,
         )
         new = moa_prefill(
             q_t,
@@ -390,6 +404,7 @@ class MoALayer(CacheLayerMixin):
             v_t,
             sink=self.sink,
             windows=self.win_t,
+            start=start,
             offset=self.seen,
             scale=scale,
             return_lse=True,

@@ -59,6 +59,7 @@ _E2E_COLUMNS = [
     "decode_tok_s",
     "decode_speedup",
     "decode_vs_dynamic",
+    "decode_spread",
     "floor_ratio",
     "of_floor_ratio",
     "floor_fraction",
@@ -138,6 +139,14 @@ def _profile_tables(rows: list[dict[str, object]]) -> str:
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True)
 @click.option("--profile-step", is_flag=True, help="Also profile one decode step per case (top operators).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="torch threads per case.")
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Run the whole set of cases this many times round-robin; each case reports its median decode tok/s and "
+    "prefill time (a shared machine's slow spells then hit every method alike).",
+)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/bench"), show_default=True)
 def e2e(
     models: tuple[str, ...],
@@ -153,6 +162,7 @@ def e2e(
     dtype: str,
     profile_step: bool,
     threads: int,
+    rounds: int,
     out: Path,
 ) -> None:
     """Prefill latency, decode tokens/s, KV bytes and peak memory: dense baselines vs uniform vs MoA."""
@@ -247,7 +257,7 @@ def e2e(
             c for model in models for length in lengths for batch in batches for c in cases_for(model, length, batch)
         ]
         click.echo(f"{len(cases)} cases", err=True)
-        rows = run_e2e(cases, bandwidth=bandwidth, progress=progress)
+        rows = run_e2e(cases, bandwidth=bandwidth, progress=progress, rounds=rounds)
         columns, name = _E2E_COLUMNS, "e2e"
     env = environment()
     env["copy_bandwidth_gb_s"] = bandwidth / 1e9

@@ -30,14 +30,20 @@ def moa_decode_equal(
     seg_start: Sequence[int],
     lengths: Sequence[int],
     scale: float | None = None,
+    ragged: Sequence[int] = (),
+    row_lengths: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One query token per row against the packed cache, every row holding ``lengths[h]`` slots of head h.
+
+    Heads listed in ``ragged`` are the exception: their rows hold ``row_lengths[b, h] <= lengths[h]``
+    slots (left-padded batches before a long head's ring is full), masked per row in the same fused call.
 
     Args:
         q: [B, HQ, D]; query head hq uses KV head ``hq // (HQ // H)``.
         k_cache, v_cache: [B, M, D]; KV head h's valid slots are ``[seg_start[h], seg_start[h] + lengths[h])``.
         seg_start, lengths: H Python integers each (no device tensor: nothing is read back).
         scale: softmax scale, default ``1 / sqrt(D)``.
+        ragged: KV heads whose rows differ; row_lengths: int [B, H] (needed when ``ragged`` is not empty).
 
     Returns:
         o: [B, 1, HQ, D] in q's dtype (the runtime's attention-output layout; 0 where a head holds no slot).
@@ -52,8 +58,11 @@ def moa_decode_equal(
         raise KernelInputError(f"k_cache must be [B={bsz}, M, D={dim}], got {tuple(k_cache.shape)}.")
     if any(n < 0 or s < 0 or s + n > k_cache.shape[1] for s, n in zip(seg_start, lengths, strict=True)):
         raise KernelInputError(f"a segment runs outside the cache (M={k_cache.shape[1]}).")
+    if ragged and (row_lengths is None or tuple(row_lengths.shape) != (bsz, h)):
+        raise KernelInputError(f"ragged heads need row_lengths of shape [B={bsz}, H={h}].")
     g = hq // h
     sm_scale = default_scale(dim, scale)
+    ragged_set = set(ragged)
     heads = q.reshape(bsz, h, g, dim)
     outs = []
     for head, (s, n) in enumerate(zip(seg_start, lengths, strict=True)):
@@ -63,5 +72,13 @@ def moa_decode_equal(
             continue
         kh = k_cache[:, s : s + n].unsqueeze(1)
         vh = v_cache[:, s : s + n].unsqueeze(1)
+        if head in ragged_set and row_lengths is not None:
+            rows = row_lengths[:, head].to(q.device).view(bsz, 1, 1, 1)
+            slots = torch.arange(n, device=q.device).view(1, 1, 1, n)
+            mask = torch.zeros(bsz, 1, 1, n, dtype=q.dtype, device=q.device).masked_fill(slots >= rows, float("-inf"))
+            mask = mask.masked_fill(rows == 0, 0.0)  # a row with no slot: any finite scores, zeroed below
+            o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=sm_scale)
+            outs.append(o * (rows > 0).to(o.dtype))
+            continue
         outs.append(F.scaled_dot_product_attention(qh, kh, vh, scale=sm_scale))
     return torch.cat(outs, dim=1).view(bsz, 1, hq, dim)

@@ -11,6 +11,33 @@ from moa_kernels.ops.moa_prefill.reference import check_prefill_inputs, referenc
 __all__ = ["moa_prefill", "blockwise_moa_prefill", "reference_moa_prefill", "check_prefill_inputs"]
 
 
+def _row_by_row(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    windows: list[int],
+    starts: list[int],
+    sinks: list[int],
+    scale: float | None,
+    return_lse: bool,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """`blockwise_moa_prefill` of each row's real tokens (left padding cut off, the row's own sink)."""
+    bsz, seqlen, hq, _ = q.shape
+    out = torch.zeros_like(q)
+    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    lse_out = torch.full((bsz, hq, seqlen), float("-inf"), dtype=lse_dtype, device=q.device)
+    for b, (s0, sink_b) in enumerate(zip(starts, sinks, strict=True)):
+        if s0 >= seqlen:
+            continue
+        rows = (x[b : b + 1, s0:] for x in (q, k, v))
+        res = blockwise_moa_prefill(*rows, sink=sink_b, windows=windows, scale=scale, return_lse=return_lse)
+        o_b, lse_b = res if isinstance(res, tuple) else (res, None)
+        out[b, s0:] = o_b[0]
+        if lse_b is not None:
+            lse_out[b, :, s0:] = lse_b[0]
+    return (out, lse_out) if return_lse else out
+
+
 def moa_prefill(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -37,8 +64,9 @@ def moa_prefill(
         start: int [B], left padding per row (default none).
         scale: softmax scale (default ``1 / sqrt(D)``).
         return_lse: also return lse [B, HQ, T] float32.
-        implementation: "auto" (Triton when q is on CUDA and triton is installed; on the CPU, rows without
-            left padding and with one offset go through `blockwise_moa_prefill`), "reference" or "triton".
+        implementation: "auto" (Triton when q is on CUDA and triton is installed; on the CPU
+            `blockwise_moa_prefill`, over the whole batch when no row is padded and all share one offset,
+            else row by row over each row's real tokens), "reference" (the masked reference) or "triton".
         offset: int [B], position of each row's first real token (default 0), for a prompt that
             continues cached tokens (multi-turn): only keys of this call are attended, so the runtime
             merges this result with attention over its cache through the lse (``merge_attention``).
@@ -52,18 +80,14 @@ def moa_prefill(
         return moa_prefill_fwd(
             q, k, v, sink=sink, windows=windows, start=start, scale=scale, return_lse=return_lse, offset=offset
         )
-    if implementation == "auto" and q.device.type == "cpu":
+    if implementation == "auto" and q.device.type == "cpu" and q.shape[0] > 0 and q.shape[1] > 0:
         windows_t, start_t, sink_rows = check_prefill_inputs(q, k, v, sink, windows, start, offset)
-        if q.shape[0] > 0 and q.shape[1] > 0 and not bool(start_t.any()) and bool((sink_rows == sink_rows[0]).all()):
+        win = [int(w) for w in windows_t.tolist()]
+        if not bool(start_t.any()) and bool((sink_rows == sink_rows[0]).all()):
             return blockwise_moa_prefill(
-                q,
-                k,
-                v,
-                sink=int(sink_rows[0]),
-                windows=[int(w) for w in windows_t.tolist()],
-                scale=scale,
-                return_lse=return_lse,
-            )
+                q, k, v, sink=int(sink_rows[0]), windows=win, scale=scale, return_lse=return_lse
+            )  # fmt: skip
+        return _row_by_row(q, k, v, win, start_t.tolist(), sink_rows.tolist(), scale, return_lse)
     return reference_moa_prefill(
         q, k, v, sink=sink, windows=windows, start=start, scale=scale, return_lse=return_lse, offset=offset
     )
