@@ -79,15 +79,15 @@ experiment: assets ## The SmolLM2 comparison of RESULTS.md (measured greedy prof
 
 SMOLLM2_PLANS := --plan moa-0.5=plans/smollm2-135m-instruct/moa-measured-proportional-0.5.json \
 	--plan moa-0.25=plans/smollm2-135m-instruct/moa-measured-proportional-0.25.json
-bench-smollm2: assets ## BENCHMARKS.md's SmolLM2 section: 8k x 8 decode vs the static cache, max batch in 8 GiB, prefill (~50 min)
+bench-smollm2: assets ## BENCHMARKS.md's SmolLM2 section: 8k x 8 decode vs the static cache (3 rounds), max batch in 8 GiB, chunked prefill (~75 min)
 	$(BIN)/moa bench e2e --model models/smollm2-135m-instruct --lengths 8192 --batches 8 \
-		--methods dense,dense-static,dense-compiled,uniform,moa --densities 0.5,0.25 $(SMOLLM2_PLANS) \
-		--prefill-rows 1 --new-tokens 16 --profile-step --out runs/bench-smollm2/8k-b8
+		--methods dense-static,uniform,moa --densities 0.5,0.25 $(SMOLLM2_PLANS) \
+		--prefill-rows 1 --prefill-chunk 0 --new-tokens 32 --rounds 3 --profile-step --out runs/bench-smollm2/8k-b8
 	$(BIN)/moa bench e2e --model models/smollm2-135m-instruct --lengths 8192 --methods dense-static,moa \
 		$(SMOLLM2_PLANS) --max-batch-gib 8 --new-tokens 8 --out runs/bench-smollm2/8k-maxbatch
-	$(BIN)/moa bench e2e --model models/smollm2-135m-instruct --lengths 8192 --batches 1 --methods dense-static,moa \
-		--plan moa-0.25=plans/smollm2-135m-instruct/moa-measured-proportional-0.25.json --prefill-chunk 0 \
-		--new-tokens 8 --out runs/bench-smollm2/8k-prefill-onepass
+	for chunk in 4096 2048; do $(BIN)/moa bench e2e --model models/smollm2-135m-instruct --lengths 8192 --batches 1 \
+		--methods dense-static,moa --plan moa-0.25=plans/smollm2-135m-instruct/moa-measured-proportional-0.25.json \
+		--prefill-chunk $$chunk --new-tokens 8 --out runs/bench-smollm2/8k-prefill-$$chunk || exit 1; done
 
 bench: setup ## CPU benchmarks (e2e decode/prefill/memory, optimizer search, profiling cost) into runs/bench
 	$(BIN)/moa bench e2e --out runs/bench

@@ -122,7 +122,7 @@ def test_shape_by_optimizes_the_shaped_profile(profile_files, small_profiles, tm
     for p in small_profiles:
         rolled = type(p)(**{**p.__dict__, "hist": p.hist[..., ::-1].copy()})
         shapes.append(rolled.save(tmp_path / f"s{p.length}.safetensors"))
-    args = ["--density", "0.5", "--single", "--time-limit", "5", "--no-plots"]
+    args = ["--density", "0.5", "--single", "--time-limit", "60", "--no-plots"]
     shape_args = [a for s in shapes for a in ("--shape-by", s)]
     result = _run(["--profiles", *profile_files, *shape_args, *args, "--out", tmp_path / "a"])
     assert result.exit_code == 0, result.output
@@ -134,7 +134,14 @@ def test_shape_by_optimizes_the_shaped_profile(profile_files, small_profiles, tm
     result = _run(["--profiles", *shaped, *args, "--out", tmp_path / "b"])
     assert result.exit_code == 0, result.output
     a, b = Plan.load(tmp_path / "a" / "plan_00.json"), Plan.load(tmp_path / "b" / "plan_00.json")
-    assert (a.spans(8192) == b.spans(8192)).all()
+    # Same problem, both solved to optimality (within the solver's reported gap): the same objective. The spans
+    # themselves may differ between near-ties (the column-generation backend stops at a 1e-4 relative gap).
+    for plan in (a, b):
+        assert plan.provenance.extra["status"] == "optimal"
+    key = f"loss@{a.provenance.extra['objective_length']}"
+    gap = max(a.provenance.extra["gap"], b.provenance.extra["gap"], 1e-9)
+    assert a.provenance.objectives.keys() == b.provenance.objectives.keys()
+    assert a.provenance.objectives[key] == pytest.approx(b.provenance.objectives[key], rel=2 * gap + 1e-6)
     line = _one_sentence_error(
         _run(["--profiles", *profile_files, "--shape-by", shapes[0], *args, "--out", tmp_path / "c"])
     )

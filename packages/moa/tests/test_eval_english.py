@@ -206,3 +206,16 @@ def test_retrieval_report_for_english_rows(tmp_path: Path) -> None:
     assert "| task | length | plan | accuracy | score |" in table
     assert "| niah-multi | 512 | dense | 0.500 | 0.667 |" in table
     assert (tmp_path / "retrieval-niah-multi-dense.png").is_file()
+
+
+@needs_reference
+def test_fewer_than_ten_samples_spread_over_the_depths(tokenizer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """5 samples per cell are records 1, 3, 5, 7, 9 of the ten (depths 11-100%), not the first half of the context."""
+    monkeypatch.setattr(evaluate, "_greedy", lambda model, tok, prompts, *a, **k: ["no idea"] * len(prompts))
+    rows = retrieval_eval(
+        None, tokenizer, [PlanSpec("dense", None)], tasks=["niah", "passkey-en", "lines"], lengths=[200], samples=5,
+        seed=3, essays=_essays(),
+    )  # fmt: skip
+    for task in ("niah", "passkey-en", "lines"):
+        assert [r["decile"] for r in rows if r["task"] == task] == [1, 3, 5, 7, 9]
+    assert evaluate.spread_records(1) == [5] and evaluate.spread_records(12) == list(range(12))

@@ -222,6 +222,14 @@ def _decile_rows(
     return rows
 
 
+def spread_records(samples: int) -> list[int]:
+    """Indices of the records to evaluate: all of ``range(samples)`` from ten on; below ten, one record of
+    each of ``samples`` depth deciles spread over the ten (record i of a call sits at decile i % 10)."""
+    if samples >= 10:
+        return list(range(samples))
+    return [min(9, (2 * i + 1) * 10 // (2 * samples)) for i in range(samples)]
+
+
 def retrieval_eval(
     model: Any,
     tokenizer: Any,
@@ -242,7 +250,9 @@ def retrieval_eval(
     Args:
         tasks: Toy tasks (`moa_plan.tasks.TASKS`, always in chat form) and English retrieval
             tasks (``niah``, ``niah-multi``, ``passkey-en``, ``lines-en``).
-        samples: Records per (task, length); record i asks at depth decile i % 10.
+        samples: Records per (task, length); record i asks at depth decile i % 10. Fewer than ten samples
+            take records of the first ten spread over the depths (`spread_records`; 5: deciles 1, 3, 5, 7,
+            9), never the first few, which would all sit in the first half of the context.
         max_new_tokens: New tokens per answer; default 6 for toy tasks, `ANSWER_TOKENS` for English ones.
         form: ``completion`` (default) or ``chat`` for the English tasks. Completion prompts are
             plain text, context + question ending with the start of the answer, no chat template,
@@ -278,8 +288,10 @@ def retrieval_eval(
         options: dict[str, Any] = {"form": task_form, "essays": essays} if english else {}
         for length in lengths:
             records = generate(
-                task, samples, target_length=length, count_tokens=count, seed=seed, overhead=overhead, **options
-            )
+                task, max(samples, 10), target_length=length, count_tokens=count, seed=seed, overhead=overhead,
+                **options,
+            )  # fmt: skip
+            records = [records[i] for i in spread_records(samples)]
             prompts = _prompts(records, tokenizer, task_form)
             for spec in plans:
                 if progress is not None:
