@@ -55,7 +55,7 @@ DEMO_OUT ?= runs/demo
 DEMO_ARGS := --model models/smollm2-135m-instruct --task facts --template plain --max-new-tokens 8 \
 	--lengths 1024 --samples 4 --validation-samples 4 --density 0.5,0.25 --extend 8x \
 	--eval-tasks niah,passkey-en --eval-lengths 1024,2048 --eval-samples 5 --no-layer-baseline --no-duo-baseline
-demo: assets ## moa compress on SmolLM2-135M-Instruct at 1k + dense/uniform/MoA NIAH and passkey (24 min with 10 eval samples; ~14 min expected with 5)
+demo: assets ## moa compress on SmolLM2-135M-Instruct at 1k + dense/uniform/MoA NIAH and passkey (about 13 min)
 	$(BIN)/moa compress $(DEMO_ARGS) --out $(DEMO_OUT)
 	@cat $(DEMO_OUT)/report.md
 
