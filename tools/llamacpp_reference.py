@@ -71,7 +71,8 @@ def run_one(gguf: str, length: int, new_tokens: int, threads: int) -> dict[str, 
     prefill_s = time.perf_counter() - start
     steps, tokens = [], []
     for _ in range(new_tokens):
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        # the context's logits of the last evaluated token (llama-cpp-python keeps none without logits_all)
+        token = int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(vocab,))))
         tokens.append(token)
         t0 = time.perf_counter()
         llm.eval([token])
