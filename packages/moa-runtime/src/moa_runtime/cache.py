@@ -279,8 +279,8 @@ class MoALayer(CacheLayerMixin):
         On the CPU the cache knows (as Python integers) the fewest and most tokens any row has seen:
         when all rows agree the slots are computed without tensor ops, and the attention is
         `moa_decode_equal` (one fused SDPA per head), which masks per row only the heads whose rows
-        hold different numbers of slots (left-padded rows before a long head's ring is full). On CUDA
-        the Triton kernel (or, without triton, the masked `moa_decode`).
+        hold different numbers of slots (left-padded rows before a long head's ring is full). With
+        implementation "reference", the masked `moa_decode` reference; on CUDA the Triton kernel.
         """
         seen_range = self._seen_range
         triton = _use_triton(query, self.implementation)
@@ -304,7 +304,7 @@ class MoALayer(CacheLayerMixin):
             )
             assert isinstance(out, torch.Tensor)
             return out.unsqueeze(1)
-        if seen_range is not None:
+        if seen_range is not None and self.implementation == "auto":
             fewest = [min(seen_range[0] + 1, cap) for cap in self.capacity]
             most = [min(seen_range[1] + 1, cap) for cap in self.capacity]
             ragged = [h for h, (lo, hi) in enumerate(zip(fewest, most, strict=True)) if lo != hi]
