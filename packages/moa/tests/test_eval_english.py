@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,12 @@ def test_cli_retrieval_english_end_to_end(essays_dir: Path, tmp_path: Path) -> N
             assert (out / f"retrieval-{task}-{plan}.png").stat().st_size > 1000
             assert f"| {plan} | {task} |" in text
         assert "| uniform-0.5 | all |" in text
+    # The same command again reads every cell back from OUT/retrieval.cells.json: the same rows, nothing measured.
+    again = _invoke("eval", "retrieval", "--model", REFERENCE, "--tasks", "niah,passkey-en", "--lengths", "160,256",
+                    "--samples", "10", "--plan", "dense", "--plan", "uniform:0.5", "--essays", essays_dir,
+                    "--out", out, "--json")  # fmt: skip
+    assert again.exit_code == 0 and json.loads(again.stdout)["rows"] == rows
+    assert again.stderr.count("read back from") == 8
 
 
 @needs_reference
@@ -219,3 +226,56 @@ def test_fewer_than_ten_samples_spread_over_the_depths(tokenizer: Any, monkeypat
     for task in ("niah", "passkey-en", "lines"):
         assert [r["decile"] for r in rows if r["task"] == task] == [1, 3, 5, 7, 9]
     assert evaluate.spread_records(1) == [5] and evaluate.spread_records(12) == list(range(12))
+
+
+@needs_reference
+def test_an_interrupted_run_resumes_from_its_cells(
+    tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cells finished before a crash are read back, not measured again; other settings or changed rules re-measure."""
+    from moa_plan import ModelFingerprint, Plan
+
+    fingerprint = ModelFingerprint.from_config(json.loads((REFERENCE / "config.json").read_text()))
+    plans = [PlanSpec("dense", None), PlanSpec("u", Plan.uniform(fingerprint, 0.5, sink=4, block=4))]
+    calls: list[str] = []
+
+    def fake_greedy(model: Any, tok: Any, prompts: list[str], *a: Any, **k: Any) -> list[str]:
+        calls.append("call")
+        if fail_after is not None and len(calls) > fail_after:
+            raise RuntimeError("killed")
+        # Call c answers the first c records right: every cell differs, so a mixed-up read-back shows.
+        return ["eat a sandwich in Dolores Park" if i < len(calls) else "no" for i in range(len(prompts))]
+
+    monkeypatch.setattr(evaluate, "_greedy", fake_greedy)
+    monkeypatch.setattr(evaluate, "using_plan", lambda model, plan: contextlib.nullcontext())
+    settings = {"samples": 10, "seed": 3}
+
+    def run(store: evaluate.CellStore, specs: list[PlanSpec] = plans) -> list[dict[str, Any]]:
+        return retrieval_eval(None, tokenizer, specs, tasks=["niah"], lengths=[200, 256], samples=10, seed=3,
+                              essays=_essays(), store=store)  # fmt: skip
+
+    fail_after: int | None = None
+    whole = run(evaluate.CellStore(tmp_path / "whole.json", settings))
+    assert len(calls) == 4
+    calls.clear()
+    fail_after = 3
+    with pytest.raises(RuntimeError, match="killed"):
+        run(evaluate.CellStore(tmp_path / "cells.json", settings))
+    assert len(json.loads((tmp_path / "cells.json").read_text())["cells"]) == 3
+    calls.clear()
+    fail_after = None
+    # The three stored cells come back as they were measured; only the fourth runs (as call 1: 1 right).
+    resumed = run(evaluate.CellStore(tmp_path / "cells.json", settings))
+    assert len(calls) == 1
+    assert resumed[:30] == whole[:30]
+    assert [r["correct"] for r in resumed[30:]] == [1] + [0] * 9
+    calls.clear()
+    run(evaluate.CellStore(tmp_path / "cells.json", settings))
+    assert calls == []
+    # Other settings: nothing is read back. Same name, other rules: that plan is measured again.
+    run(evaluate.CellStore(tmp_path / "cells.json", {**settings, "seed": 4}))
+    assert len(calls) == 4
+    calls.clear()
+    other = [plans[0], PlanSpec("u", Plan.uniform(fingerprint, 0.25, sink=4, block=4))]
+    run(evaluate.CellStore(tmp_path / "whole.json", settings), other)
+    assert len(calls) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,13 @@ def eval_group() -> None:
     type=click.IntRange(min=1),
     help="New tokens per answer (default: 6 for toy tasks; niah 16, niah-multi 24, passkey-en 8, lines-en 8).",
 )
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Output directory. Each finished (plan, task, length) cell is kept in OUT/retrieval.cells.json: "
+    "the same command resumes an interrupted run, and a run with one more plan measures only that plan.",
+)
 @click.option("--json", "as_json", is_flag=True)
 def retrieval(
     model_path: Path,
@@ -85,7 +92,14 @@ def retrieval(
     as_json: bool,
 ) -> None:
     """Retrieval accuracy by depth x length, per plan: toy tasks and NIAH / passkey / LongEval lines in English."""
-    from moa.evaluate import effective_context, effective_context_table, load_model, parse_plan_specs, retrieval_eval
+    from moa.evaluate import (
+        CellStore,
+        effective_context,
+        effective_context_table,
+        load_model,
+        parse_plan_specs,
+        retrieval_eval,
+    )
     from moa.report import retrieval_outputs
     from moa_plan.assets import read_essays
     from moa_plan.tasks import RETRIEVAL_TASKS, TASKS
@@ -101,6 +115,12 @@ def retrieval(
     essays = read_essays(essays_path) if {"niah", "niah-multi"} & set(names) else None
     model, tokenizer = load_model(model_path)
     specs = parse_plan_specs(plans, ModelFingerprint.from_config(model.config))
+    essay_digest = hashlib.sha256(json.dumps(sorted(essays.items())).encode()).hexdigest() if essays else None
+    settings = {
+        "model": str(model_path.resolve()), "samples": samples, "seed": seed, "form": form,
+        "max_new_tokens": max_new_tokens, "essays": essay_digest,
+    }  # fmt: skip
+    store = CellStore(out / "retrieval.cells.json", settings)
     rows = retrieval_eval(
         model,
         tokenizer,
@@ -114,6 +134,7 @@ def retrieval(
         form=form,
         essays=essays,
         progress=_echo_err,
+        store=store,
     )
     table = retrieval_outputs(rows, out)
     eff = effective_context(rows)

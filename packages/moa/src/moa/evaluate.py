@@ -6,6 +6,8 @@ own per-head cache, so what is measured is what a user would serve.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +20,7 @@ import numpy as np
 from moa_plan import MoaError, ModelFingerprint, Plan
 
 __all__ = [
+    "CellStore",
     "PlanSpec",
     "answer_loss",
     "effective_context",
@@ -230,6 +233,44 @@ def spread_records(samples: int) -> list[int]:
     return [min(9, (2 * i + 1) * 10 // (2 * samples)) for i in range(samples)]
 
 
+class CellStore:
+    """The finished (plan, task, length) cells of a retrieval run, kept in a JSON file after each cell.
+
+    An interrupted `retrieval_eval` (a long run at 8k is hours on a CPU) resumes where it stopped:
+    a cell whose key (plan name and rules, task, length) is in the file is read back instead of
+    measured again. ``settings`` (samples, seed, model, ...) are stored with the cells; a file
+    written under other settings is set aside with a warning and its cells are measured anew.
+    """
+
+    def __init__(self, path: Path, settings: Mapping[str, Any]) -> None:
+        self.path, self.settings = path, json.loads(json.dumps(dict(settings), sort_keys=True, default=str))
+        self.cells: dict[str, list[dict[str, Any]]] = {}
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                data = {}
+            if isinstance(data, dict) and data.get("settings") == self.settings:
+                self.cells = dict(data.get("cells", {}))
+            else:
+                logger.warning("ignoring %s: it was written by a run with other settings", path)
+
+    @staticmethod
+    def key(spec: PlanSpec, task: str, length: int) -> str:
+        rules = "dense" if spec.plan is None else spec.plan.model_dump_json(include={"sink", "block", "rules"})
+        return f"{spec.name}|{hashlib.sha256(rules.encode()).hexdigest()[:16]}|{task}|{length}"
+
+    def get(self, key: str) -> list[dict[str, Any]] | None:
+        return self.cells.get(key)
+
+    def put(self, key: str, rows: list[dict[str, Any]]) -> None:
+        from moa_plan import atomic_write_text
+
+        self.cells[key] = rows
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps({"settings": self.settings, "cells": self.cells}))
+
+
 def retrieval_eval(
     model: Any,
     tokenizer: Any,
@@ -244,6 +285,7 @@ def retrieval_eval(
     form: str | None = None,
     essays: Mapping[str, str] | None = None,
     progress: Callable[[str], None] | None = None,
+    store: CellStore | None = None,
 ) -> list[dict[str, Any]]:
     """Greedy accuracy of each plan on each task, length and depth decile.
 
@@ -259,6 +301,8 @@ def retrieval_eval(
             BOS as the tokenizer adds it; the score is on the generated continuation.
         essays: Every essay for niah / niah-multi (their evaluation split is used); default the
             assets cache.
+        store: Finished cells to read back instead of measuring, and where each new cell is kept
+            (`CellStore`); the caller makes its settings match these arguments.
 
     Returns:
         Rows ``plan, task, form, length, decile, depth_percent, correct, total, accuracy, score,
@@ -294,6 +338,13 @@ def retrieval_eval(
             records = [records[i] for i in spread_records(samples)]
             prompts = _prompts(records, tokenizer, task_form)
             for spec in plans:
+                key = CellStore.key(spec, task, length)
+                kept = store.get(key) if store is not None else None
+                if kept is not None:
+                    if progress is not None:
+                        progress(f"{spec.name} {task} N={length}: read back from {store.path}")  # type: ignore[union-attr]
+                    rows += kept
+                    continue
                 if progress is not None:
                     progress(f"{spec.name} {task} N={length}")
                 with using_plan(model, spec.plan):
@@ -303,7 +354,10 @@ def retrieval_eval(
                 scores = [
                     score(r, a if english else _first_answer(a, r)) for r, a in zip(records, answers, strict=True)
                 ]
-                rows += _decile_rows(spec, task, task_form, length, records, scores, length + new_tokens)
+                cell = _decile_rows(spec, task, task_form, length, records, scores, length + new_tokens)
+                if store is not None:
+                    store.put(key, cell)
+                rows += cell
     return rows
 
 
