@@ -51,3 +51,39 @@ def test_heads_expands_to_one_probe_per_kv_head_with_the_first_plans_sink() -> N
 def test_bad_head_specs(spec: str, message: str) -> None:
     with pytest.raises(MoaError, match=message):
         parse_plan_specs([spec], FP)
+
+
+def test_answer_loss_matches_transformers_labels_on_a_padded_batch() -> None:
+    """Two samples of different lengths in one left-padded batch: the mean answer-token loss equals the loss
+    transformers computes from labels (everything but the answers ignored), each sample alone and unpadded."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import torch
+
+    from moa.evaluate import answer_loss, load_model
+
+    reference = Path(__file__).resolve().parents[3] / "models" / "moa-reference"
+    if not (reference / "config.json").is_file():
+        pytest.skip("no reference model")
+    model, _ = load_model(reference)
+    gen = torch.Generator().manual_seed(0)
+    vocab = int(model.config.vocab_size)
+    samples = [
+        SimpleNamespace(
+            input_ids=torch.randint(0, vocab, (90,), generator=gen).tolist(), answer_start=70, answer_end=80
+        ),
+        SimpleNamespace(
+            input_ids=torch.randint(0, vocab, (64,), generator=gen).tolist(), answer_start=20, answer_end=64
+        ),
+    ]
+    total, count = 0.0, 0
+    for s in samples:
+        ids = torch.tensor([s.input_ids])
+        labels = torch.full_like(ids, -100)
+        labels[0, s.answer_start : s.answer_end] = ids[0, s.answer_start : s.answer_end]
+        with torch.no_grad():
+            loss = float(model(input_ids=ids, labels=labels).loss)
+        total, count = total + loss * (s.answer_end - s.answer_start), count + s.answer_end - s.answer_start
+    assert answer_loss(model, samples, batch_size=2) == pytest.approx(total / count, rel=1e-4)
+    assert answer_loss(model, samples, batch_size=1) == pytest.approx(total / count, rel=1e-4)
