@@ -351,3 +351,58 @@ def test_greedy_path_equals_a_brute_force_greedy_on_explicit_masks(setup, tmp_pa
     hist = ablation_histogram(path, 2, 8, 4, length, settings)
     for (layer, kv), value in values.items():
         assert float(hist[layer, 2 * kv : 2 * kv + 2, 8:].sum()) == pytest.approx(max(value, 0.0), abs=1e-9)
+
+
+def test_lazy_greedy_measures_fewer_heads_by_the_lazy_rule(setup, monkeypatch):
+    """Lazy rounds: every head measured gets its brute-force marginal on top of that round's cuts; heads are measured
+    cheapest-last-marginal first, a group at a time, until the cheapest `group` cost no more than the last marginal of
+    any head left unmeasured; the round cuts the cheapest measured. Fewer forwards than the exact search."""
+    import moa_profiler.greedy as greedy
+    from moa_profiler.greedy import greedy_path
+
+    model, ids, start, stop = setup
+    samples = [(ids, start, stop), (ids.roll(5), start, stop)]
+    model.set_attn_implementation("moa_profile")
+    calls = []
+    counted = greedy.answer_loss
+    monkeypatch.setattr(greedy, "answer_loss", lambda *a: calls.append(1) or counted(*a))
+    lazy = InfluenceSettings(sink=4, block=8, statistic="greedy", greedy_group=1, greedy_stop=0.75, greedy_lazy=True)
+    path = greedy_path(model, samples, lazy)
+    lazy_calls = len(calls)
+    calls.clear()
+    exact = greedy_path(
+        model, samples, InfluenceSettings(sink=4, block=8, statistic="greedy", greedy_group=1, greedy_stop=0.75)
+    )
+    assert len(calls) > lazy_calls
+
+    length = len(ids)
+    i = torch.arange(length)[:, None]
+    j = torch.arange(length)[None, :]
+    outside = ~((j < 4) | (i - j < 8))
+
+    def loss_with(cut: list[tuple[int, int]]) -> float:
+        drop = {layer: torch.zeros(8, length, length, dtype=torch.bool) for layer in range(2)}
+        for layer, kv in cut:
+            drop[layer][2 * kv : 2 * kv + 2] = outside
+        return float(np.mean([oracle_loss(model, x, a, b, drop) for x, a, b in samples]))
+
+    heads = [(layer, kv) for layer in range(2) for kv in range(4)]
+    cut: list[tuple[int, int]] = []
+    values: dict[tuple[int, int], float] = {}
+    forwards = 0
+    while len(cut) < 6:
+        base = loss_with(cut)
+        remaining = [h for h in heads if h not in cut]
+        queue = sorted(remaining, key=lambda h: (values[h], h)) if values else remaining
+        fresh: dict[tuple[int, int], float] = {}
+        for n, h in enumerate(queue):
+            fresh[h] = loss_with([*cut, h]) - base
+            if values and (n + 1 == len(queue) or min(fresh.values()) <= values[queue[n + 1]]):
+                break
+        forwards += len(samples) * (1 + len(fresh))
+        values.update(fresh)
+        cut.append(min(fresh, key=lambda h: (fresh[h], h)))
+    assert path.order == cut and lazy_calls == forwards
+    for h in heads:
+        assert path.values[h] == pytest.approx(values[h], abs=1e-9)
+    assert exact.order[0] == path.order[0]

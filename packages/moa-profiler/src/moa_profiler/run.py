@@ -78,6 +78,7 @@ def _key(
             [fp.model_dump(), length, s.sink, s.block, s.block_map, str(s.dtype), world.rank, world.size]
             + ([s.statistic, s.ablation_points] if s.statistic != "influence" else [])
             + ([s.greedy_group, s.greedy_stop] if s.statistic == "greedy" else [])
+            + (["lazy"] if s.statistic == "greedy" and s.greedy_lazy else [])
         ).encode()
     )
     return digest.hexdigest()

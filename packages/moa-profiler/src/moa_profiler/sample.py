@@ -51,6 +51,8 @@ class InfluenceSettings:
         ablation_points: Most windows measured per KV head with ``ablation``.
         greedy_group: KV heads cut per round with ``greedy`` (0: an eighth of them), see `moa_profiler.greedy`.
         greedy_stop: Fraction of the KV heads the ``greedy`` search cuts before it stops.
+        greedy_lazy: From the second greedy round on, measure only the heads whose previous marginal
+            could still make them among the cheapest (see `moa_profiler.greedy`).
     """
 
     sink: int = 64
@@ -62,6 +64,7 @@ class InfluenceSettings:
     ablation_points: int = 32
     greedy_group: int = 0
     greedy_stop: float = 0.75
+    greedy_lazy: bool = False
 
     def __post_init__(self) -> None:
         if self.statistic not in STATISTICS:

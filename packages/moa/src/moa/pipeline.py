@@ -64,6 +64,7 @@ class CompressSettings:
     # The greedy statistic's heads cut per round (0: an eighth) and the fraction of heads it cuts.
     greedy_group: int = 0
     greedy_stop: float = 0.75
+    greedy_lazy: bool = False
     # Rule-grid resolution of the optimizer (1: the original MoA grid).
     grid_resolution: int = 1
 
@@ -228,6 +229,7 @@ class _Compress:
         args += ["--block", s.block, "--statistic", s.statistic, "--quiet"]
         if s.statistic == "greedy":
             args += ["--greedy-group", s.greedy_group, "--greedy-stop", s.greedy_stop]
+            args += ["--greedy-lazy"] if s.greedy_lazy else []
         self.stage("profile", [s.model, self.calib], self.profile_files, lambda: _moa(args, "profile", self.echo))
 
     def optimize(self) -> None:
