@@ -216,16 +216,28 @@ def test_merge_attention_with_empty_sides():
     assert torch.isneginf(merged_lse[1:]).all()
 
 
-def test_attend_cache_bad_seen_raises():
+@pytest.mark.parametrize("implementation", ["auto", "reference"])
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"seen": torch.tensor([5])}, "seen must have one entry per batch row"),
+        ({"start": torch.tensor([0, 4])}, r"start \(left padding\) must have one entry per row in \[0, T=3\]"),
+        ({"start": torch.tensor([-1, 0])}, r"start \(left padding\)"),
+        ({"start": torch.tensor([0])}, r"start \(left padding\)"),
+        ({"windows": torch.tensor([9])}, "segment of KV head 0 runs past the end of the cache"),
+        ({"windows": torch.tensor([8, 8])}, "windows must have one entry per KV head"),
+    ],
+)
+def test_attend_cache_bad_inputs_raise_one_sentence(implementation, change, match):
+    """The fused CPU path and the reference reject the same bad inputs with the same sentence."""
     from moa_kernels import moa_attend_cache
 
     q = torch.randn(2, 3, 2, 4)
     kc = torch.randn(2, 10, 4)
-    with pytest.raises(KernelInputError, match="seen"):
-        moa_attend_cache(
-            q, kc, kc, seg_start=torch.tensor([0]), lengths=torch.tensor([[5], [5]]), seen=torch.tensor([5]),
-            sink=2, windows=torch.tensor([8]),
-        )  # fmt: skip
+    args = {"seg_start": torch.tensor([0]), "lengths": torch.tensor([[5], [5]]), "seen": torch.tensor([5, 5]),
+            "sink": 2, "windows": torch.tensor([8])}  # fmt: skip
+    with pytest.raises(KernelInputError, match=match):
+        moa_attend_cache(q, kc, kc, **(args | change), implementation=implementation)
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from moa_kernels._checks import KernelInputError, check_implementation
+from moa_kernels._checks import check_implementation
+from moa_kernels._rows import by_rows
 from moa_kernels.ops.moa_attend_cache.blocks import blockwise_attend_cache
-from moa_kernels.ops.moa_attend_cache.reference import reference_moa_attend_cache, slot_positions
+from moa_kernels.ops.moa_attend_cache.reference import (
+    check_attend_cache_inputs,
+    reference_moa_attend_cache,
+    slot_positions,
+)
 
 __all__ = ["moa_attend_cache", "blockwise_attend_cache", "reference_moa_attend_cache", "slot_positions"]
 
@@ -34,42 +39,22 @@ def moa_attend_cache(
     """
     check_implementation(implementation)
     if implementation == "auto" and q.device.type == "cpu" and q.dim() == 4 and q.shape[0] > 0 and q.shape[1] > 0:
-        # the reference's checks (shapes, segments inside the cache) first: one clear sentence on bad input
-        reference_moa_attend_cache(
-            q[:, :0], k_cache, v_cache, seg_start=seg_start, lengths=lengths, seen=seen, sink=sink, windows=windows
+        seg_l, _, win_l, seen_t, start_t = check_attend_cache_inputs(
+            q, k_cache, v_cache, seg_start, lengths, seen, sink, windows, start
         )
-        seen_l = [int(x) for x in torch.as_tensor(seen).reshape(-1).tolist()]
-        start_l = [0] * len(seen_l) if start is None else [int(x) for x in torch.as_tensor(start).reshape(-1).tolist()]
-        if len(start_l) != q.shape[0] or any(not 0 <= s0 <= q.shape[1] for s0 in start_l):
-            raise KernelInputError(f"start (left padding) must have one entry per row in [0, T={q.shape[1]}].")
-        seg_l = [int(x) for x in torch.as_tensor(seg_start).reshape(-1).tolist()]
-        win_l = [int(x) for x in torch.as_tensor(windows).reshape(-1).tolist()]
+        seen_l, start_l = [int(x) for x in seen_t.tolist()], [int(x) for x in start_t.tolist()]
         if len(set(seen_l)) == 1 and not any(start_l):
             return blockwise_attend_cache(
                 q, k_cache, v_cache, seg_start=seg_l, seen=seen_l[0], sink=sink, windows=win_l, scale=scale
             )
-        out = torch.zeros_like(q)
-        lse = torch.full(
-            (q.shape[0], q.shape[2], q.shape[1]),
-            float("-inf"),
-            dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
-            device=q.device,
-        )
-        for b, (s0, seen_b) in enumerate(zip(start_l, seen_l, strict=True)):
-            if s0 < q.shape[1]:
-                o_b, lse_b = blockwise_attend_cache(
-                    q[b : b + 1, s0:],
-                    k_cache[b : b + 1],
-                    v_cache[b : b + 1],
-                    seg_start=seg_l,
-                    seen=seen_b,
-                    sink=sink,
-                    windows=win_l,
-                    scale=scale,
-                )
-                out[b, s0:] = o_b[0]
-                lse[b, :, s0:] = lse_b[0]
-        return out, lse
+
+        def attend(b: int, s0: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+            caches = (k_cache[b : b + 1], v_cache[b : b + 1])
+            return blockwise_attend_cache(
+                q[b : b + 1, s0:], *caches, seg_start=seg_l, seen=seen_l[b], sink=sink, windows=win_l, scale=scale
+            )
+
+        return by_rows(q, start_l, attend)
     return reference_moa_attend_cache(
         q, k_cache, v_cache, seg_start=seg_start, lengths=lengths, seen=seen, sink=sink, windows=windows,
         start=start, scale=scale,

@@ -12,7 +12,7 @@ import torch
 from moa_kernels._checks import KernelInputError, compute_dtype, default_scale
 from moa_kernels.ops.moa_decode.reference import check_decode_inputs
 
-__all__ = ["reference_moa_attend_cache", "slot_positions"]
+__all__ = ["check_attend_cache_inputs", "reference_moa_attend_cache", "slot_positions"]
 
 _SCORE_BUDGET = 1 << 24
 
@@ -41,6 +41,50 @@ def slot_positions(span: int, sink: int, window: int, seen: torch.Tensor, length
     pos = torch.where(s < sink, s.expand_as(ring), ring)
     valid = (s < length.view(-1, 1)) & (pos >= 0) & (pos <= last)
     return torch.where(valid, pos, torch.full_like(pos, -1))
+
+
+def check_attend_cache_inputs(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    seg_start: torch.Tensor,
+    lengths: torch.Tensor,
+    seen: torch.Tensor,
+    sink: int,
+    windows: torch.Tensor,
+    start: torch.Tensor | None,
+) -> tuple[list[int], torch.Tensor, list[int], torch.Tensor, torch.Tensor]:
+    """Validate `reference_moa_attend_cache`'s inputs; return segment starts and windows as Python lists,
+    ``lengths`` int64 [B, H], ``seen`` and ``start`` int64 [B] on q's device.
+
+    Raises:
+        KernelInputError: naming the first problem found.
+    """
+    if q.dim() != 4:
+        raise KernelInputError(f"q must be [B, T, HQ, D], got shape {tuple(q.shape)}.")
+    bsz, seqlen, hq, dim = q.shape
+    seg, lens = check_decode_inputs(
+        q[:, 0] if seqlen else q.new_zeros(bsz, hq, dim), k_cache, v_cache, seg_start, lengths
+    )
+    h = seg.numel()
+    win = [int(w) for w in torch.as_tensor(windows).reshape(-1).tolist()]
+    if len(win) != h:
+        raise KernelInputError(f"windows must have one entry per KV head ({h}), got {len(win)}.")
+    seen_t = torch.as_tensor(seen, device=q.device).to(torch.int64).reshape(-1)
+    if seen_t.numel() != bsz:
+        raise KernelInputError(f"seen must have one entry per batch row ({bsz}), got {seen_t.numel()}.")
+    st = (
+        torch.zeros(bsz, dtype=torch.int64, device=q.device)
+        if start is None
+        else torch.as_tensor(start, device=q.device).to(torch.int64).reshape(-1)
+    )
+    if st.numel() != bsz or (not st.is_cuda and bool(((st < 0) | (st > seqlen)).any())):
+        raise KernelInputError(f"start (left padding) must have one entry per row in [0, T={seqlen}].")
+    seg_list = [int(x) for x in seg.tolist()]
+    for head, s0 in enumerate(seg_list):
+        if s0 + sink + max(win[head], 0) > k_cache.shape[1]:
+            raise KernelInputError(f"the segment of KV head {head} runs past the end of the cache.")
+    return seg_list, lens, win, seen_t, st
 
 
 def reference_moa_attend_cache(
@@ -72,24 +116,11 @@ def reference_moa_attend_cache(
     Returns:
         o: [B, T, HQ, D] in q's dtype and lse: [B, HQ, T] float32 (float64 for fp64 inputs).
     """
-    if q.dim() != 4:
-        raise KernelInputError(f"q must be [B, T, HQ, D], got shape {tuple(q.shape)}.")
+    seg_list, lens, win, seen_t, st = check_attend_cache_inputs(
+        q, k_cache, v_cache, seg_start, lengths, seen, sink, windows, start
+    )
     bsz, seqlen, hq, dim = q.shape
-    seg, lens = check_decode_inputs(
-        q[:, 0] if seqlen else q.new_zeros(bsz, hq, dim), k_cache, v_cache, seg_start, lengths
-    )
-    h = seg.numel()
-    win = torch.as_tensor(windows).reshape(-1).tolist()
-    if len(win) != h:
-        raise KernelInputError(f"windows must have one entry per KV head ({h}), got {len(win)}.")
-    seen_t = torch.as_tensor(seen, device=q.device).to(torch.int64).reshape(-1)
-    if seen_t.numel() != bsz:
-        raise KernelInputError(f"seen must have one entry per batch row ({bsz}), got {seen_t.numel()}.")
-    st = (
-        torch.zeros(bsz, dtype=torch.int64, device=q.device)
-        if start is None
-        else torch.as_tensor(start, device=q.device).to(torch.int64)
-    )
+    h = len(seg_list)
     g = hq // h
     cdt = compute_dtype(q.dtype)
     sm_scale = default_scale(dim, scale)
@@ -100,13 +131,10 @@ def reference_moa_attend_cache(
         dtype=torch.float64 if cdt == torch.float64 else torch.float32,
         device=q.device,
     )
-    seg_list = seg.tolist()
     tok = torch.arange(seqlen, device=q.device)
     qpos_all = seen_t.view(-1, 1) + tok.view(1, -1) - st.view(-1, 1)
     for head in range(h):
-        s0, span = int(seg_list[head]), int(sink + max(win[head], 0))
-        if s0 + span > k_cache.shape[1]:
-            raise KernelInputError(f"the segment of KV head {head} runs past the end of the cache.")
+        s0, span = seg_list[head], sink + max(win[head], 0)
         if span == 0:
             continue
         kpos = slot_positions(span, sink, int(win[head]), seen_t, lens[:, head])

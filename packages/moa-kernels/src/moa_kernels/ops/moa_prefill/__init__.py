@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from moa_kernels._checks import use_triton
+from moa_kernels._rows import by_rows
 from moa_kernels.ops.moa_prefill.blocks import blockwise_moa_prefill
 from moa_kernels.ops.moa_prefill.reference import check_prefill_inputs, reference_moa_prefill
 
@@ -22,19 +23,13 @@ def _row_by_row(
     return_lse: bool,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """`blockwise_moa_prefill` of each row's real tokens (left padding cut off, the row's own sink)."""
-    bsz, seqlen, hq, _ = q.shape
-    out = torch.zeros_like(q)
-    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    lse_out = torch.full((bsz, hq, seqlen), float("-inf"), dtype=lse_dtype, device=q.device)
-    for b, (s0, sink_b) in enumerate(zip(starts, sinks, strict=True)):
-        if s0 >= seqlen:
-            continue
+
+    def attend(b: int, s0: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         rows = (x[b : b + 1, s0:] for x in (q, k, v))
-        res = blockwise_moa_prefill(*rows, sink=sink_b, windows=windows, scale=scale, return_lse=return_lse)
-        o_b, lse_b = res if isinstance(res, tuple) else (res, None)
-        out[b, s0:] = o_b[0]
-        if lse_b is not None:
-            lse_out[b, :, s0:] = lse_b[0]
+        res = blockwise_moa_prefill(*rows, sink=sinks[b], windows=windows, scale=scale, return_lse=return_lse)
+        return res if isinstance(res, tuple) else (res, None)
+
+    out, lse_out = by_rows(q, starts, attend)
     return (out, lse_out) if return_lse else out
 
 
