@@ -91,6 +91,23 @@ def run_one(gguf: str, length: int, new_tokens: int, threads: int) -> dict[str, 
     }
 
 
+def _bad_arguments(args: argparse.Namespace) -> str | None:
+    """One sentence naming the first bad argument, or None."""
+    try:
+        lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
+    except ValueError:
+        return f"--lengths must be comma-separated integers, got {args.lengths!r}."
+    if not lengths or min(lengths) < 1:
+        return f"--lengths must be positive token counts, got {args.lengths!r}."
+    if args.new_tokens < 3:
+        return f"--new-tokens must be at least 3 (the first two steps are warm-up), got {args.new_tokens}."
+    if args.threads < 1:
+        return f"--threads must be at least 1, got {args.threads}."
+    if not Path(args.gguf).is_file():
+        return f"GGUF file not found: {args.gguf} (run `make assets` first)."
+    return None
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setup", type=Path, metavar="VENV", help="create VENV and build llama-cpp-python in it")
@@ -103,6 +120,10 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.setup is not None:
         return setup(args.setup)
+    problem = _bad_arguments(args)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 2
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
@@ -111,17 +132,10 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    if not Path(args.gguf).is_file():
-        print(f"GGUF file not found: {args.gguf} (run `make assets` first).", file=sys.stderr)
-        return 2
     if args.one is not None:
         print(json.dumps(run_one(args.gguf, args.one, args.new_tokens, args.threads)))
         return 0
-    try:
-        lengths = [int(x) for x in args.lengths.split(",") if x]
-    except ValueError:
-        print(f"--lengths must be comma-separated integers, got {args.lengths!r}.", file=sys.stderr)
-        return 2
+    lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
     rows = []
     for length in lengths:
         cmd = [sys.executable, __file__, "--gguf", args.gguf, "--new-tokens", str(args.new_tokens)]
