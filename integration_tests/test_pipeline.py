@@ -71,6 +71,21 @@ def test_rerun_skips_every_stage(compressed: Path, reference_model: Path, moa_cl
     assert (compressed / "d0.5" / "plan.json").read_bytes() == before
 
 
+def test_an_evaluation_only_change_reruns_only_the_evaluation(  # type: ignore[no-untyped-def]
+    compressed: Path, reference_model: Path, tmp_path: Path, moa_cli
+) -> None:
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(compressed, out)
+    before = (out / "d0.5" / "plan.json").read_bytes()
+    proc = moa_cli("compress", "--model", reference_model, *COMPRESS, "--out", out, "--eval-lengths", "256",
+                   "--eval-tasks", "lines", "--eval-samples", "2")  # fmt: skip
+    assert proc.stderr.count("up to date, skipped") == 5, proc.stderr
+    assert "[evaluate] moa eval retrieval" in proc.stderr and (out / "eval" / "retrieval.md").is_file()
+    assert (out / "d0.5" / "plan.json").read_bytes() == before
+
+
 def test_generate_with_the_plan(compressed: Path, reference_model: Path, moa_cli) -> None:  # type: ignore[no-untyped-def]
     moa = moa_cli
     proc = moa("generate", "--model", reference_model, "--plan", compressed / "d0.5" / "plan.json",

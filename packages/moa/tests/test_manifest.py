@@ -57,3 +57,15 @@ def test_corrupt_manifest_is_one_sentence(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text("{oops")
     with pytest.raises(MoaError, match="manifest is unreadable"):
         Manifest.load(tmp_path)
+
+
+def test_every_compress_setting_belongs_to_a_stage() -> None:
+    """A setting no stage lists would never re-run anything when changed: each field is some stage's input."""
+    from dataclasses import fields
+
+    from moa.pipeline import _STAGE_SETTINGS, STAGES, CompressSettings
+
+    assert list(_STAGE_SETTINGS) == STAGES
+    listed = {name for names in _STAGE_SETTINGS.values() for name in names}
+    own = {f.name for f in fields(CompressSettings)} - {"out", "validate_length"}
+    assert own <= listed and listed - own == {"val_length"}

@@ -177,19 +177,39 @@ def _check_inputs(s: CompressSettings) -> None:
         )
 
 
+# The settings each stage's result depends on (its input files are hashed besides, so a new calibration
+# set re-runs the profile): changing one re-runs that stage and the ones after it, changing another
+# stage's setting (e.g. the evaluation lengths) does not re-run this one.
+_STAGE_SETTINGS = {
+    "calibrate": ("model", "lengths", "task", "records", "template", "max_new_tokens", "samples"),
+    "validation-data": (
+        "model", "task", "records", "validation_records", "template", "max_new_tokens", "validation_samples",
+        "val_length",
+    ),
+    "profile": ("model", "sink", "block", "statistic", "greedy_group", "greedy_stop", "greedy_lazy"),
+    "optimize": (
+        "densities", "lengths", "extend", "optimizer", "time_limit", "sink", "block", "layer_baseline",
+        "duo_baseline", "grid_resolution",
+    ),
+    "validate": ("model", "densities", "layer_baseline", "duo_baseline"),
+    "evaluate": ("model", "densities", "layer_baseline", "duo_baseline", "eval_lengths", "eval_samples", "eval_tasks"),
+}  # fmt: skip
+
+
 class _Compress:
     """One ``moa compress`` run: each stage a method, skipped when the manifest says it is up to date."""
 
     def __init__(self, s: CompressSettings, echo: Callable[[str], None]) -> None:
         self.s, self.echo, self.out = s, echo, s.out
         self.manifest = Manifest.load(s.out)
-        self.common = {"settings": {k: str(v) for k, v in asdict(s).items() if k not in ("out",)}}
         self.calib, self.valdata = s.out / "calibration.parquet", s.out / "validation.parquet"
         self.profile_files = [s.out / "profiles" / f"profile-{n}.safetensors" for n in s.lengths]
         self.names = [name for name, _ in _variants(s, s.densities[0])]
 
     def stage(self, name: str, inputs: Sequence[Path], outputs: Sequence[Path], run: Callable[[], Any]) -> None:
-        _stage(self.manifest, name, self.common, inputs, outputs, run, self.echo)
+        settings = asdict(self.s) | {"val_length": self.s.val_length}
+        params = {"settings": {k: str(settings[k]) for k in _STAGE_SETTINGS[name]}}
+        _stage(self.manifest, name, params, inputs, outputs, run, self.echo)
 
     def plan_dir(self, density: float, variant: str = "") -> Path:
         return self.out / _tag(density) / variant if variant else self.out / _tag(density)
