@@ -311,6 +311,21 @@ def test_ablation_settings_and_mask_errors(setup):
         profiling_attention(torch.nn.Identity(), q, q[:, :2], q[:, :2], None)
 
 
+def _cut_loss_oracle(model, samples, length: int):
+    """Mean loss over ``samples`` with the listed KV heads cut to sink 4 + window 8 by explicit masks (2 layers, 4 KV heads)."""
+    i = torch.arange(length)[:, None]
+    j = torch.arange(length)[None, :]
+    outside = ~((j < 4) | (i - j < 8))
+
+    def loss_with(cut: list[tuple[int, int]]) -> float:
+        drop = {layer: torch.zeros(8, length, length, dtype=torch.bool) for layer in range(2)}
+        for layer, kv in cut:
+            drop[layer][2 * kv : 2 * kv + 2] = outside
+        return float(np.mean([oracle_loss(model, x, a, b, drop) for x, a, b in samples]))
+
+    return loss_with
+
+
 def test_greedy_path_equals_a_brute_force_greedy_on_explicit_masks(setup, tmp_path):
     """Each round: the mean loss of one more cut on top of the cuts so far, cheapest `group` cut first."""
     from moa_profiler.greedy import ablation_histogram, greedy_path
@@ -321,15 +336,7 @@ def test_greedy_path_equals_a_brute_force_greedy_on_explicit_masks(setup, tmp_pa
     model.set_attn_implementation("moa_profile")
     path = greedy_path(model, samples, settings, checkpoint=tmp_path / "g.json", key="k")
     length = len(ids)
-    i = torch.arange(length)[:, None]
-    j = torch.arange(length)[None, :]
-    outside = ~((j < 4) | (i - j < 8))
-
-    def loss_with(cut: list[tuple[int, int]]) -> float:
-        drop = {layer: torch.zeros(8, length, length, dtype=torch.bool) for layer in range(2)}
-        for layer, kv in cut:
-            drop[layer][2 * kv : 2 * kv + 2] = outside
-        return float(np.mean([oracle_loss(model, x, a, b, drop) for x, a, b in samples]))
+    loss_with = _cut_loss_oracle(model, samples, length)
 
     cut: list[tuple[int, int]] = []
     values: dict[tuple[int, int], float] = {}
@@ -376,15 +383,7 @@ def test_lazy_greedy_measures_fewer_heads_by_the_lazy_rule(setup, monkeypatch):
     assert len(calls) > lazy_calls
 
     length = len(ids)
-    i = torch.arange(length)[:, None]
-    j = torch.arange(length)[None, :]
-    outside = ~((j < 4) | (i - j < 8))
-
-    def loss_with(cut: list[tuple[int, int]]) -> float:
-        drop = {layer: torch.zeros(8, length, length, dtype=torch.bool) for layer in range(2)}
-        for layer, kv in cut:
-            drop[layer][2 * kv : 2 * kv + 2] = outside
-        return float(np.mean([oracle_loss(model, x, a, b, drop) for x, a, b in samples]))
+    loss_with = _cut_loss_oracle(model, samples, length)
 
     heads = [(layer, kv) for layer in range(2) for kv in range(4)]
     cut: list[tuple[int, int]] = []
