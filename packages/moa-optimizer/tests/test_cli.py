@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from click.testing import CliRunner
@@ -146,3 +147,37 @@ def test_shape_by_optimizes_the_shaped_profile(profile_files, small_profiles, tm
         _run(["--profiles", *profile_files, "--shape-by", shapes[0], *args, "--out", tmp_path / "c"])
     )
     assert "--shape-by has no profile of length" in line
+
+
+def test_profiles_of_one_length_are_merged_by_sample_count(profile_files, small_profiles, tmp_path):
+    # Each length profiled twice (say, one calibration task each): 1 sample and 3 samples.
+    files = []
+    oracle = []
+    for p in small_profiles:
+        rolled = p.hist[..., ::-1].copy()
+        one = type(p)(**{**p.__dict__, "num_samples": 1})
+        three = type(p)(**{**p.__dict__, "num_samples": 3, "hist": rolled})
+        files += [
+            one.save(tmp_path / f"one{p.length}.safetensors"),
+            three.save(tmp_path / f"three{p.length}.safetensors"),
+        ]
+        # Oracle: the mean over the four samples, computed here.
+        mean = (np.asarray(p.hist, dtype=np.float64) + 3 * np.asarray(rolled, dtype=np.float64)) / 4
+        four = type(p)(**{**p.__dict__, "num_samples": 4, "hist": mean})
+        oracle.append(four.save(tmp_path / f"four{p.length}.safetensors"))
+    args = ["--density", "0.5", "--single", "--time-limit", "60", "--no-plots"]
+    result = _run(["--profiles", *files, *args, "--out", tmp_path / "a"])
+    assert result.exit_code == 0, result.output
+    result = _run(["--profiles", *oracle, *args, "--out", tmp_path / "b"])
+    assert result.exit_code == 0, result.output
+    a, b = Plan.load(tmp_path / "a" / "plan_00.json"), Plan.load(tmp_path / "b" / "plan_00.json")
+    key = f"loss@{a.provenance.extra['objective_length']}"
+    gap = max(a.provenance.extra["gap"], b.provenance.extra["gap"], 1e-9)
+    assert a.provenance.objectives[key] == pytest.approx(b.provenance.objectives[key], rel=2 * gap + 1e-6)
+    # A profile of a different sink at a length already given cannot be merged: one sentence, exit 2.
+    p = small_profiles[0]
+    odd = type(p)(**{**p.__dict__, "sink": p.sink + 1, "hist": p.hist[..., 1:].copy()})
+    line = _one_sentence_error(
+        _run(["--profiles", *files, odd.save(tmp_path / "odd.safetensors"), *args, "--out", tmp_path / "c"])
+    )
+    assert "cannot merge profiles of a different sink" in line

@@ -23,6 +23,7 @@ from moa_plan.tasks import (
     word_count,
 )
 from moa_plan.tasks.english import PIZZA_NEEDLES
+from moa_plan.tasks.facts import RECALL_TASKS
 
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima"]
 
@@ -216,8 +217,11 @@ def _check_no_leak(essays: dict[str, str], length: int, n: int) -> None:
         for r in generate(task, n, target_length=length, essays=essays):
             assert not any(line in r.context for line in cal_lines), task
             assert any(line in r.context for line in eval_lines)
+    for task in ("summary", *RECALL_TASKS):
+        for r in generate(task, n, target_length=length, essays=essays):
+            assert not any(line in r.context for line in eval_lines), task
+            assert any(line in r.context for line in cal_lines), task
     for r in generate("summary", n, target_length=length, essays=essays):
-        assert not any(line in r.context for line in eval_lines)
         assert NEEDLE not in r.context and not any(x in r.context for x in PIZZA_NEEDLES)
         assert set(str(r.metadata["essays"]).split(",")) <= set(calibration)
 
@@ -319,3 +323,48 @@ def test_scorers_on_generated_records() -> None:
             assert score(r, " I do not know.") == 0.0
     with pytest.raises(TaskError, match="no reference answer"):
         score(gen("summary", 1)[0], "a summary")
+
+
+@pytest.mark.parametrize("task", RECALL_TASKS)
+def test_recall_tasks_hide_lines_by_depth_and_ask_one(task: str) -> None:
+    records = gen(task, 8, 800)
+    assert records == gen(task, 8, 800) and records != gen(task, 8, 800, seed=1)
+    for i, r in enumerate(records):
+        meta = r.metadata
+        assert meta["task"] == task and meta["format"] == "completion" and meta["depth_slot"] == i % 4
+        line, reference = str(meta["line"]), str(meta["reference"])
+        assert reference in line and r.context.count(line) == 1
+        # Four lines of the task's form, one per quarter of the context (the asked one in its slot).
+        pattern = {
+            "facts": r"The special magic number for \S+ is \d{7}\.",
+            "quotes": r'\S+ wrote in a notebook: "[^"]+"',
+            "items": r"In the \w+, \w+ left the \w+\.",
+        }[task]
+        found = list(re.finditer(pattern, r.context))
+        assert len(found) == 4
+        depths = [m.start() / len(r.context) for m in found]
+        assert depths == sorted(depths)
+        asked = [m.group(0) for m in found].index(line)
+        assert asked == meta["depth_slot"]
+        # The question names the asked line's keys and no other line's.
+        words = set(re.findall(r"[A-Z][a-z-]+|\w+", r.question)) - {"The", "Question", "Answer", "What"}
+        keys = {
+            w for w in words if w in line and w not in ("the", "in", "a", "is", "for", "number", "special", "magic")
+        }
+        assert keys and all(not set(re.findall(r"\w[\w-]*", m.group(0))) >= keys for m in found if m.group(0) != line)
+        prompt = completion_prompt(r)
+        assert prompt.endswith(r.question) and word_count(prompt) <= 800
+
+
+def test_recall_task_options_and_errors() -> None:
+    three = gen("facts", 3, 600, facts=3)
+    assert all(len(re.findall(r"special magic number for \S+ is \d", r.context)) == 3 for r in three)
+    assert gen("items", 2, 600, lines=2)[1].metadata["depth_slot"] == 1
+    with pytest.raises(TaskError, match="only the completion form"):
+        gen("quotes", 1, form="chat")
+    with pytest.raises(TaskError, match="bad option for task 'items': depth"):
+        gen("items", 1, depth=3)
+    with pytest.raises(TaskError, match="too short"):
+        gen("quotes", 1, 40)
+    with pytest.raises(TaskError, match="positive n and lines"):
+        gen("facts", 1, facts=0)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from moa_plan import ModelFingerprint, Profile, ProfileError, load_profile, save_profile
+from moa_plan import ModelFingerprint, Profile, ProfileError, load_profile, merge_profiles, save_profile
 
 FP = ModelFingerprint(architecture="LlamaForCausalLM", num_layers=2, num_attention_heads=4, num_key_value_heads=2)
 
@@ -189,3 +189,60 @@ def test_shape_profile_keeps_the_measured_cut_and_takes_the_influence_shape() ->
                 assert got == pytest.approx(want, rel=1e-9, abs=1e-12)
     with pytest.raises(ProfileError, match="different length"):
         shape_profile(measured, make(length=41))
+
+
+def _of_samples(samples: np.ndarray, sinks: np.ndarray, losses: np.ndarray, notes: str) -> Profile:
+    """The profile of some samples: every value the mean over them (the file contract)."""
+    return Profile(
+        model=FP,
+        length=40,
+        sink=4,
+        block=4,
+        num_samples=len(samples),
+        hist=samples.mean(axis=0),
+        sink_influence=sinks.mean(axis=0),
+        mean_loss=float(losses.mean()),
+        notes=notes,
+    )
+
+
+def test_merge_profiles_is_the_profile_of_all_the_samples() -> None:
+    rng = np.random.default_rng(3)
+    samples, sinks, losses = rng.random((8, 2, 4, 36)), rng.random((8, 2, 4)), rng.random(8)
+    # Oracle: the profile of the eight samples, against the merge of a 3-sample and a 5-sample profile.
+    everything = _of_samples(samples, sinks, losses, "all")
+    parts = [_of_samples(samples[a:b], sinks[a:b], losses[a:b], f"part {a}") for a, b in ((0, 3), (3, 8))]
+    merged = merge_profiles(parts)
+    assert merged.num_samples == 8
+    np.testing.assert_allclose(merged.hist, everything.hist, rtol=1e-12)
+    np.testing.assert_allclose(merged.sink_influence, everything.sink_influence, rtol=1e-12)
+    assert merged.mean_loss == pytest.approx(everything.mean_loss, rel=1e-12)
+    for w in (0, 5, 20):
+        np.testing.assert_allclose(merged.window_loss(w), everything.window_loss(w), rtol=1e-12)
+    assert "part 0 (3 samples)" in (merged.notes or "") and "part 3 (5 samples)" in (merged.notes or "")
+    assert merge_profiles([parts[0]]) is parts[0]
+
+
+@pytest.mark.parametrize(("length", "sink", "expected"), [(41, 4, "different length"), (40, 5, "different sink")])
+def test_merge_profiles_refuses_another_length_or_sink(length: int, sink: int, expected: str) -> None:
+    with pytest.raises(ProfileError, match=expected):
+        merge_profiles([make(), make(length=length, sink=sink)])
+
+
+def test_merge_profiles_refuses_other_models_and_nothing() -> None:
+    other = ModelFingerprint(
+        architecture="LlamaForCausalLM", num_layers=2, num_attention_heads=4, num_key_value_heads=4
+    )
+    alien = Profile(
+        model=other,
+        length=40,
+        sink=4,
+        block=4,
+        num_samples=1,
+        hist=np.ones((2, 4, 36)),
+        sink_influence=np.ones((2, 4)),
+    )
+    with pytest.raises(ProfileError, match="different models"):
+        merge_profiles([make(), alien])
+    with pytest.raises(ProfileError, match="no profiles"):
+        merge_profiles([])

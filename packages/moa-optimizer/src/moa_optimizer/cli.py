@@ -31,11 +31,19 @@ def _run(ctx_fn: Any) -> Any:
         raise MoaCommandError(str(exc)) from None
 
 
+def _by_length(profiles: list[Any]) -> dict[int, Any]:
+    """One profile per length: profiles of the same length are merged by sample count (`moa_plan.merge_profiles`)."""
+    from moa_plan import merge_profiles
+
+    lengths = sorted({p.length for p in profiles})
+    return {n: merge_profiles([p for p in profiles if p.length == n]) for n in lengths}
+
+
 def _shaped(profiles: list[Any], shape_paths: tuple[Path, ...]) -> list[Any]:
     """Each profile shaped by the --shape-by profile of its length (`moa_plan.shape_profile`)."""
     from moa_plan import ProfileError, shape_profile
 
-    shapes = {p.length: p for p in (load_profile(path) for path in shape_paths)}
+    shapes = _by_length([load_profile(path) for path in shape_paths])
     missing = sorted({p.length for p in profiles} - set(shapes))
     if missing:
         raise ProfileError(f"--shape-by has no profile of length {missing[0]} (give one per profiled length).")
@@ -48,7 +56,8 @@ def _shaped(profiles: list[Any], shape_paths: tuple[Path, ...]) -> list[Any]:
     "first",
     required=True,
     type=click.Path(path_type=Path),
-    help="Profile files (one per length); more may follow as arguments.",
+    help="Profile files; more may follow as arguments. Profiles of the same length (e.g. one per calibration "
+    "task) are merged by sample count.",
 )
 @click.argument("more", nargs=-1, type=click.Path(path_type=Path))
 @click.option(
@@ -117,7 +126,8 @@ def _shaped(profiles: list[Any], shape_paths: tuple[Path, ...]) -> list[Any]:
     multiple=True,
     type=click.Path(path_type=Path),
     help="Influence profile(s) of the same lengths: each profile's loss per KV head (e.g. a measured one, "
-    "--statistic greedy) is spread over distances like this one's influence (moa_plan.shape_profile); repeatable.",
+    "--statistic greedy) is spread over distances like this one's influence (moa_plan.shape_profile); repeatable "
+    "(those of the same length are merged by sample count).",
 )
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--show-rules", is_flag=True, help="Print the rule grid (spans at every constrained length) first.")
@@ -180,6 +190,7 @@ def optimize_command(
     paths = [first, *more]
     profiles = _run(lambda: [load_profile(p) for p in paths])
     _run(lambda: _same_model(profiles, paths))
+    profiles = list(_run(lambda: _by_length(profiles)).values())
     if shape_paths:
         profiles = _run(lambda: _shaped(profiles, shape_paths))
     if show_rules and not as_json:

@@ -13,7 +13,14 @@ from moa_plan.io import atomic_write, atomic_write_bytes, atomic_write_text
 from moa_plan.model_source import ModelSource, resolve_model_source
 from moa_plan.original import export_moa_json, import_moa_json
 from moa_plan.plan import FORMAT_VERSION, Plan, Provenance, load_plan, save_plan
-from moa_plan.profile import PROFILE_FORMAT_VERSION, Profile, load_profile, save_profile, shape_profile
+from moa_plan.profile import (
+    PROFILE_FORMAT_VERSION,
+    Profile,
+    load_profile,
+    merge_profiles,
+    save_profile,
+    shape_profile,
+)
 from moa_plan.records import Record, read_records, write_records
 from moa_plan.rules import (
     DEFAULT_BLOCK,
@@ -59,6 +66,7 @@ __all__ = [
     "kv_density",
     "load_plan",
     "load_profile",
+    "merge_profiles",
     "mask_area",
     "read_gguf_header",
     "read_records",

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from moa_plan.errors import ProfileError
 from moa_plan.fingerprint import ModelFingerprint
 from moa_plan.io import atomic_write
 
-__all__ = ["PROFILE_FORMAT_VERSION", "Profile", "load_profile", "save_profile", "shape_profile"]
+__all__ = ["PROFILE_FORMAT_VERSION", "Profile", "load_profile", "merge_profiles", "save_profile", "shape_profile"]
 
 PROFILE_FORMAT_VERSION = 1
 _REQUIRED_META = ("format", "format_version", "fingerprint", "length", "sink", "block", "num_samples")
@@ -176,6 +177,62 @@ def shape_profile(measured: Profile, shape: Profile) -> Profile:
         versions=dict(measured.versions),
         mean_loss=measured.mean_loss,
         notes=note,
+    )
+
+
+def merge_profiles(profiles: Sequence[Profile]) -> Profile:
+    """One profile of the samples of several profiles of the same length: their sample-weighted mean.
+
+    Every value of a profile is a mean over its samples, so the mean weighted by ``num_samples`` is
+    the profile of all the samples together: calibration tasks can be profiled one at a time (or one
+    added later) and merged. That is exact for the influence and ablation statistics and for a
+    one-round greedy profile (each head's cut measured alone); a greedy search of several rounds
+    follows one path per calibration set, and the mean of two paths is not the path of their union.
+
+    Raises:
+        ProfileError: no profiles, or profiles that differ in model, length, sink, block or buckets.
+    """
+    if not profiles:
+        raise ProfileError("no profiles to merge.")
+    first = profiles[0]
+    if len(profiles) == 1:
+        return first
+    for p in profiles[1:]:
+        for name in ("length", "sink", "block"):
+            if getattr(p, name) != getattr(first, name):
+                raise ProfileError(
+                    f"cannot merge profiles of a different {name} ({getattr(first, name)} vs {getattr(p, name)})."
+                )
+        if p.model != first.model:
+            raise ProfileError("cannot merge profiles of different models.")
+        same_edges = (p.edges is None and first.edges is None) or (
+            p.edges is not None and first.edges is not None and np.array_equal(p.edges, first.edges)
+        )
+        if p.hist.shape != first.hist.shape or not same_edges:
+            raise ProfileError("cannot merge profiles with different distance buckets.")
+    counts = np.array([p.num_samples for p in profiles], dtype=np.float64)
+    if counts.sum() <= 0:
+        raise ProfileError("cannot merge profiles of no samples.")
+    weights = counts / counts.sum()
+
+    def mean(arrays: list[npt.NDArray[np.floating]]) -> npt.NDArray[np.float64]:
+        return np.sum([w * np.asarray(a, dtype=np.float64) for w, a in zip(weights, arrays, strict=True)], axis=0)
+
+    maps = [p.block_map for p in profiles]
+    losses = [p.mean_loss for p in profiles]
+    return Profile(
+        model=first.model,
+        length=first.length,
+        sink=first.sink,
+        block=first.block,
+        num_samples=int(counts.sum()),
+        hist=mean([p.hist for p in profiles]),
+        sink_influence=mean([p.sink_influence for p in profiles]),
+        edges=first.edges,
+        block_map=mean(maps) if all(m is not None for m in maps) else None,  # type: ignore[arg-type]
+        versions=dict(first.versions),
+        mean_loss=float(np.dot(weights, losses)) if all(x is not None for x in losses) else None,  # type: ignore[arg-type]
+        notes="merged: " + "; ".join(f"{p.notes or 'a profile'} ({p.num_samples} samples)" for p in profiles),
     )
 
 

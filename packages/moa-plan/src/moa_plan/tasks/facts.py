@@ -1,21 +1,28 @@
-"""``facts``: a long-range retrieval task for *calibration*, on the calibration essays only.
+"""Long-range recall tasks for *calibration*, on the calibration essays only: ``facts``, ``quotes``, ``items``.
 
 MoA calibrates on long documents answered by the model itself (summaries). A small model's
 summary leans on recent tokens, so its answer loss says little about the heads that carry a far
-fact. DuoAttention calibrates on synthetic passkeys hidden in book text instead. ``facts`` is that
-idea in a wording of its own, so that no evaluation task is a calibration task: several facts
-"The special magic number for <city> is <7 digits>." are spread through calibration essays (at
-sentence boundaries, one per evenly spaced depth slot), and one of them is asked. Completion form
-(the question ends with "The special magic number for <city> is"), so the model's own answer is
-the digits; calibration keeps the model's answer (model alignment), whatever it is.
+fact. DuoAttention calibrates on synthetic passkeys hidden in book text instead. These tasks are
+that idea in wordings of their own, so that no evaluation task is a calibration task: a few
+lines are spread through calibration essays (at sentence boundaries, one per evenly spaced depth
+slot), and one of them is asked, in completion form, so the model's own continuation is the
+answer; calibration keeps the model's answer (model alignment), whatever it is. Each task makes
+the model use far context in another way, so that a calibration mix covers more of the heads an
+unseen long-range task needs:
 
-The needles, cities and wording share nothing with ``niah``, ``niah-multi``, ``passkey-en`` or
+- ``facts``: "The special magic number for <city> is <7 digits>." A number keyed by a name.
+- ``quotes``: "<Name> wrote in a notebook: "<a made-up sentence>"" and the model repeats the
+  sentence: copying several words from far back, as a needle sentence must be copied.
+- ``items``: "In the <room>, <name> left the <object>." asked as "What did <name> leave in the
+  <room>?": one word chosen by two keys, the question worded apart from the line.
+
+The lines, names and wording share nothing with ``niah``, ``niah-multi``, ``passkey-en`` or
 ``lines-en``, and the haystack is only the calibration side of `essay_split`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -24,7 +31,7 @@ from moa_plan.records import Record
 from moa_plan.tasks.generators import TaskError, TokenCounter, word_count
 from moa_plan.tasks.haystack import essay_split, split_sentences
 
-__all__ = ["CITIES", "generate_facts"]
+__all__ = ["CITIES", "RECALL_TASKS", "generate_facts", "generate_items", "generate_quotes", "generate_recall"]
 
 CITIES = """Lisbon Oslo Nairobi Lima Hanoi Quito Dakar Riga Tbilisi Accra Havana Manila Kyoto Perth Porto
 Valencia Bergen Tromso Cusco Cordoba Leipzig Lyon Turin Krakow Gdansk Tallinn Vilnius Minsk Yerevan Baku
@@ -34,8 +41,52 @@ Omaha Tulsa Austin Tampa Raleigh Richmond Albany Hartford Montevideo Asuncion Su
 Medellin Panama Managua Tegucigalpa Kingston Nassau Reykjavik Dublin Cardiff Glasgow Bruges Ghent Utrecht
 Bremen Hanover Dresden Salzburg Graz Ljubljana Zagreb Split Sarajevo Skopje Tirana Sofia Varna Odessa
 Kazan Samara Perm Omsk Irkutsk Harbin Dalian Xiamen Busan Sapporo Osaka Nagoya""".split()  # noqa: SIM905
-QUESTION = "Question: What is the special magic number for {city} mentioned in the text?\nAnswer: The special magic number for {city} is"
-FACT = "The special magic number for {city} is {number}."
+NAMES = """Amara Bruno Celia Dmitri Elena Farid Greta Hugo Ines Jonas Kira Luca Mira Nadia Omar Petra Rafael
+Sofia Tomas Una Viktor Wanda Yusuf Zora Anika Boris Clara Diego Edith Felix Hana Ivan Julia Karim Lena Milo
+Nina Oskar Paula Quentin Rosa Stefan Tara Uri Vera Walter Xenia Yara Zeno""".split()  # noqa: SIM905
+ROOMS = """kitchen attic cellar garage hallway library greenhouse workshop pantry balcony studio garden
+laundry office bathroom veranda""".split()  # noqa: SIM905
+OBJECTS = """umbrella lantern violin compass teapot hammer kite telescope scarf basket candle ladder
+mirror typewriter bicycle saddle anchor clock shovel whistle""".split()  # noqa: SIM905
+_ADJECTIVES = [
+    "quiet",
+    "copper",
+    "hollow",
+    "crimson",
+    "gentle",
+    "frozen",
+    "narrow",
+    "silver",
+    "patient",
+    "wooden",
+    "distant",
+    "golden",
+]
+_NOUNS = [
+    "fox",
+    "river",
+    "lantern",
+    "orchard",
+    "sailor",
+    "bridge",
+    "meadow",
+    "engine",
+    "heron",
+    "tower",
+    "garden",
+    "violin",
+]
+_VERBS = ["waited beside", "slept under", "danced around", "rested near", "sang above", "drifted past"]
+
+_FACT_LINE = "The special magic number for {city} is {number}."
+_FACT_QUESTION = (
+    "Question: What is the special magic number for {city} mentioned in the text?\n"
+    "Answer: The special magic number for {city} is"
+)
+_QUOTE_LINE = '{name} wrote in a notebook: "{sentence}"'
+_QUOTE_QUESTION = 'Question: What did {name} write in the notebook?\nAnswer: {name} wrote in the notebook: "'
+_ITEM_LINE = "In the {room}, {name} left the {object}."
+_ITEM_QUESTION = "Question: What did {name} leave in the {room}?\nAnswer: {name} left the"
 
 
 def _haystack(essays: Mapping[str, str], rng: np.random.Generator) -> list[str]:
@@ -48,7 +99,46 @@ def _haystack(essays: Mapping[str, str], rng: np.random.Generator) -> list[str]:
     return sentences
 
 
-def generate_facts(
+# A task draws, for record rng and count k: the k lines, the k references and, per asked slot, the question.
+Draw = Callable[[np.random.Generator, int], tuple[list[str], list[str], list[str]]]
+
+
+def _draw_facts(rng: np.random.Generator, k: int) -> tuple[list[str], list[str], list[str]]:
+    cities = [str(c) for c in rng.choice(CITIES, size=k, replace=False)]
+    numbers = [str(int(x)) for x in rng.integers(1_000_000, 10_000_000, size=k)]
+    lines = [_FACT_LINE.format(city=c, number=v) for c, v in zip(cities, numbers, strict=True)]
+    return lines, numbers, [_FACT_QUESTION.format(city=c) for c in cities]
+
+
+def _draw_quotes(rng: np.random.Generator, k: int) -> tuple[list[str], list[str], list[str]]:
+    names = [str(n) for n in rng.choice(NAMES, size=k, replace=False)]
+    sentences = []
+    for _ in range(k):
+        a, b = (str(x) for x in rng.choice(_ADJECTIVES, size=2, replace=False))
+        n1, n2 = (str(x) for x in rng.choice(_NOUNS, size=2, replace=False))
+        sentences.append(f"The {a} {n1} {rng.choice(_VERBS)} the {b} {n2}.")
+    lines = [_QUOTE_LINE.format(name=n, sentence=s) for n, s in zip(names, sentences, strict=True)]
+    return lines, sentences, [_QUOTE_QUESTION.format(name=n) for n in names]
+
+
+def _draw_items(rng: np.random.Generator, k: int) -> tuple[list[str], list[str], list[str]]:
+    names = [str(n) for n in rng.choice(NAMES, size=k, replace=False)]
+    rooms = [str(r) for r in rng.choice(ROOMS, size=k, replace=False)]
+    objects = [str(o) for o in rng.choice(OBJECTS, size=k, replace=False)]
+    lines = [_ITEM_LINE.format(room=r, name=n, object=o) for n, r, o in zip(names, rooms, objects, strict=True)]
+    return lines, objects, [_ITEM_QUESTION.format(name=n, room=r) for n, r in zip(names, rooms, strict=True)]
+
+
+_DRAWS: dict[str, tuple[Draw, int]] = {
+    "facts": (_draw_facts, 7),
+    "quotes": (_draw_quotes, 11),
+    "items": (_draw_items, 13),
+}
+RECALL_TASKS = tuple(_DRAWS)
+
+
+def generate_recall(
+    task: str,
     n: int,
     *,
     target_length: int,
@@ -56,74 +146,88 @@ def generate_facts(
     seed: int = 0,
     overhead: int = 0,
     essays: Mapping[str, str] | None = None,
-    facts: int = 4,
+    lines: int = 4,
 ) -> list[Record]:
-    """``n`` records of ``facts`` facts in calibration-essay text of about ``target_length`` tokens.
+    """``n`` records of ``task`` (one of `RECALL_TASKS`), ``lines`` lines in about ``target_length`` tokens.
 
-    Record ``i`` asks the fact in depth slot ``i % facts`` (the slots split the context evenly).
+    Record ``i`` asks the line in depth slot ``i % lines`` (the slots split the context evenly).
     ``essays`` are all essays (default: the cached ones); only the calibration side of
-    `essay_split` is used, as for ``summary``.
+    `essay_split` is used, as for ``summary``. ``metadata["reference"]`` is the asked line's answer.
 
     Raises:
-        TaskError: for a non-positive ``n`` or ``facts``, or a length the essays cannot fill.
+        TaskError: for an unknown task, a non-positive ``n`` or ``lines``, or a length the essays cannot fill.
     """
-    if n < 1 or facts < 1:
-        raise TaskError(f"facts needs positive n and facts, got n={n}, facts={facts}")
+    if task not in _DRAWS:
+        raise TaskError(f"unknown recall task {task!r}; expected one of {', '.join(RECALL_TASKS)}")
+    if n < 1 or lines < 1:
+        raise TaskError(f"{task} needs positive n and lines, got n={n}, lines={lines}")
     everything = read_essays() if essays is None else essays
     calibration, _ = essay_split(everything)
     essays = {name: everything[name] for name in calibration}
     if not essays:
-        raise TaskError("facts needs at least one calibration essay")
+        raise TaskError(f"{task} needs at least one calibration essay")
+    draw, stream = _DRAWS[task]
     records = []
     for i in range(n):
-        rng = np.random.default_rng([seed, 7, i])
-        cities = [str(c) for c in rng.choice(CITIES, size=facts, replace=False)]
-        numbers = [str(int(x)) for x in rng.integers(1_000_000, 10_000_000, size=facts)]
-        lines = [FACT.format(city=c, number=v) for c, v in zip(cities, numbers, strict=True)]
-        asked = i % facts
-        question = QUESTION.format(city=cities[asked])
-        budget = target_length - overhead - count_tokens(question) - sum(count_tokens(x) + 2 for x in lines)
-        if budget < 16 * facts:
-            raise TaskError(f"target length {target_length} is too short for {facts} facts")
-        sentences = _haystack(essays, rng)
+        rng = np.random.default_rng([seed, stream, i])
+        texts, references, questions = draw(rng, lines)
+        asked = i % lines
+        question = questions[asked]
+        budget = target_length - overhead - count_tokens(question) - sum(count_tokens(x) + 2 for x in texts)
+        if budget < 16 * lines:
+            raise TaskError(f"target length {target_length} is too short for {lines} {task} lines")
         kept, total = [], 0
-        for sentence in sentences:
+        for sentence in _haystack(essays, rng):
             size = count_tokens(sentence)
             if total + size > budget:
                 break
             kept.append(sentence)
             total += size
         if total < budget // 2:
-            raise TaskError(f"the calibration essays hold fewer than {budget} tokens for a facts record")
-        # Slot k covers depths [k/facts, (k+1)/facts); the fact goes at a random sentence boundary in it, but
+            raise TaskError(f"the calibration essays hold fewer than {budget} tokens for a {task} record")
+        # Slot k covers depths [k/lines, (k+1)/lines); its line goes at a random sentence boundary in it, but
         # not in the middle tenth: calibration fits a record to its length by cutting the middle out.
         count = len(kept)
         middle = range(int(0.45 * count), int(0.55 * count) + 1)
         slots = []
-        for k in range(facts):
-            lo, hi = k * count // facts, max(k * count // facts + 1, (k + 1) * count // facts)
+        for k in range(lines):
+            lo, hi = k * count // lines, max(k * count // lines + 1, (k + 1) * count // lines)
             choices = [x for x in range(lo, hi) if x not in middle] or list(range(lo, hi))
             slots.append(int(rng.choice(choices)))
         pieces = list(kept)
-        for k in reversed(range(facts)):
-            pieces.insert(slots[k], f"\n{lines[k]}\n")
-        context = "".join(pieces).strip()
+        for k in reversed(range(lines)):
+            pieces.insert(slots[k], f"\n{texts[k]}\n")
         records.append(
             Record(
-                task="facts",
-                context=context,
+                task=task,
+                context="".join(pieces).strip(),
                 question=question,
                 answer=None,
                 metadata={
-                    "task": "facts",
+                    "task": task,
                     "seed": seed,
                     "index": i,
                     "target_length": target_length,
                     "format": "completion",
-                    "asked": cities[asked],
-                    "reference": numbers[asked],
+                    "line": texts[asked],
+                    "reference": references[asked],
                     "depth_slot": asked,
                 },
             )
         )
     return records
+
+
+def generate_facts(n: int, *, facts: int = 4, **options: object) -> list[Record]:
+    """``n`` records of the ``facts`` task (`generate_recall`), ``facts`` facts each."""
+    return generate_recall("facts", n, lines=facts, **options)  # type: ignore[arg-type]
+
+
+def generate_quotes(n: int, **options: object) -> list[Record]:
+    """``n`` records of the ``quotes`` task (`generate_recall`)."""
+    return generate_recall("quotes", n, **options)  # type: ignore[arg-type]
+
+
+def generate_items(n: int, **options: object) -> list[Record]:
+    """``n`` records of the ``items`` task (`generate_recall`)."""
+    return generate_recall("items", n, **options)  # type: ignore[arg-type]

@@ -356,19 +356,24 @@ def generate(
 
     The English tasks (`moa_plan.tasks.english.ENGLISH_TASKS`: ``niah``, ``niah-multi``,
     ``passkey-en``, ``lines-en``, ``summary``, ``essay-ppl``) take ``form`` and ``essays``, see
-    `moa_plan.tasks.english.generate_english`; so does the calibration task ``facts``
-    (`moa_plan.tasks.facts`, completion form only); the toy tasks take neither (their form is fixed).
+    `moa_plan.tasks.english.generate_english`; so do the calibration tasks ``facts``,
+    ``quotes`` and ``items`` (`moa_plan.tasks.facts`, completion form only); the toy tasks take neither (their form is fixed).
 
     Raises:
         TaskError: for an unknown task or options the task cannot satisfy.
     """
     from moa_plan.tasks.english import ENGLISH_TASKS, generate_english
-    from moa_plan.tasks.facts import generate_facts
+    from moa_plan.tasks.facts import RECALL_TASKS, generate_recall
 
-    if task == "facts":
+    if task in RECALL_TASKS:
         if form not in (None, "completion"):
-            raise TaskError(f"task 'facts' has only the completion form, not {form!r}")
-        return generate_facts(
+            raise TaskError(f"task {task!r} has only the completion form, not {form!r}")
+        if task == "facts" and "facts" in options:
+            options["lines"] = options.pop("facts")
+        if set(options) - {"lines"}:
+            raise TaskError(f"bad option for task {task!r}: {', '.join(sorted(set(options) - {'lines'}))}")
+        return generate_recall(
+            task,
             n,
             target_length=target_length,
             count_tokens=count_tokens,
@@ -391,7 +396,7 @@ def generate(
             essays=essays,
         )
     if task not in _GENERATORS:
-        raise TaskError(f"unknown task {task!r}; expected one of {', '.join((*TASKS, *ENGLISH_TASKS, 'facts'))}")
+        raise TaskError(f"unknown task {task!r}; expected one of {', '.join((*TASKS, *ENGLISH_TASKS, *RECALL_TASKS))}")
     if form is not None or essays is not None:
         raise TaskError(f"toy task {task!r} takes no form or essays (its form is fixed)")
     try:
