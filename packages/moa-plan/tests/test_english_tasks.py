@@ -209,6 +209,13 @@ def _unique_lines(essays: dict[str, str], names: list[str]) -> set[str]:
     return {x for x in lines if x not in others}
 
 
+def _unique_sentences(essays: dict[str, str], names: list[str]) -> set[str]:
+    """Sentences of at least 40 characters of these essays that occur in no other essay."""
+    others = "\n".join(text for n, text in essays.items() if n not in names)
+    found = {x.strip() for n in names for x in split_sentences(essays[n]) if len(x.strip()) >= 40}
+    return {x for x in found if x not in others}
+
+
 def _check_no_leak(essays: dict[str, str], length: int, n: int) -> None:
     calibration, evaluation = essay_split(essays)
     cal_lines, eval_lines = _unique_lines(essays, calibration), _unique_lines(essays, evaluation)
@@ -217,10 +224,14 @@ def _check_no_leak(essays: dict[str, str], length: int, n: int) -> None:
         for r in generate(task, n, target_length=length, essays=essays):
             assert not any(line in r.context for line in cal_lines), task
             assert any(line in r.context for line in eval_lines)
+    # Sentence by sentence too: ``codes`` repeats a passage of sentences, not whole lines of a file.
+    cal_sentences, eval_sentences = _unique_sentences(essays, calibration), _unique_sentences(essays, evaluation)
     for task in ("summary", *RECALL_TASKS):
         for r in generate(task, n, target_length=length, essays=essays):
             assert not any(line in r.context for line in eval_lines), task
-            assert any(line in r.context for line in cal_lines), task
+            assert not any(x in r.context for x in eval_sentences), task
+            assert task == "codes" or any(line in r.context for line in cal_lines), task
+            assert any(x in r.context for x in cal_sentences), task
     for r in generate("summary", n, target_length=length, essays=essays):
         assert NEEDLE not in r.context and not any(x in r.context for x in PIZZA_NEEDLES)
         assert set(str(r.metadata["essays"]).split(",")) <= set(calibration)
@@ -339,6 +350,7 @@ def test_recall_tasks_hide_lines_by_depth_and_ask_one(task: str) -> None:
             "facts": r"The special magic number for \S+ is \d{7}\.",
             "quotes": r'\S+ wrote in a notebook: "[^"]+"',
             "items": r"In the \w+, \w+ left the \w+\.",
+            "codes": r"The \w+ locker opens with the code \d{4}\.",
         }[task]
         found = list(re.finditer(pattern, r.context))
         assert len(found) == 4
@@ -349,11 +361,32 @@ def test_recall_tasks_hide_lines_by_depth_and_ask_one(task: str) -> None:
         # The question names the asked line's keys and no other line's.
         words = set(re.findall(r"[A-Z][a-z-]+|\w+", r.question)) - {"The", "Question", "Answer", "What"}
         keys = {
-            w for w in words if w in line and w not in ("the", "in", "a", "is", "for", "number", "special", "magic")
+            w
+            for w in words
+            if w in line
+            and w not in ("the", "in", "a", "is", "for", "number", "special", "magic", "locker", "opens", "code")
         }
         assert keys and all(not set(re.findall(r"\w[\w-]*", m.group(0))) >= keys for m in found if m.group(0) != line)
         prompt = completion_prompt(r)
         assert prompt.endswith(r.question) and word_count(prompt) <= 800
+
+
+def test_codes_haystack_is_one_calibration_passage_repeated() -> None:
+    def consecutive_in(name: str, passage: list[str]) -> bool:
+        sentences = [s.strip() for s in split_sentences(ESSAYS[name]) if s.strip()]
+        return any(sentences[k : k + len(passage)] == passage for k in range(len(sentences)))
+
+    for r in gen("codes", 4, 700):
+        haystack = r.context
+        for line in re.findall(r"The \w+ locker opens with the code \d{4}\.", r.context):
+            haystack = haystack.replace(f"\n{line}\n", " ")
+        sentences = [s.strip() for s in split_sentences(haystack) if s.strip()]
+        passage = list(dict.fromkeys(sentences))
+        # Six distinct sentences, consecutive in one calibration essay, cycled in order to fill ~700 words.
+        assert len(passage) == 6 and len(sentences) > 5 * 6
+        assert sentences == [passage[k % 6] for k in range(len(sentences))]
+        assert any(consecutive_in(n, passage) for n in CALIBRATION)
+        assert not any(consecutive_in(n, passage[:1]) for n in EVALUATION)
 
 
 def test_recall_task_options_and_errors() -> None:

@@ -1,4 +1,4 @@
-"""Long-range recall tasks for *calibration*, on the calibration essays only: ``facts``, ``quotes``, ``items``.
+"""Long-range recall tasks for *calibration*, on the calibration essays only: ``facts``, ``quotes``, ``items``, ``codes``.
 
 MoA calibrates on long documents answered by the model itself (summaries). A small model's
 summary leans on recent tokens, so its answer loss says little about the heads that carry a far
@@ -15,6 +15,10 @@ unseen long-range task needs:
   sentence: copying several words from far back, as a needle sentence must be copied.
 - ``items``: "In the <room>, <name> left the <object>." asked as "What did <name> leave in the
   <room>?": one word chosen by two keys, the question worded apart from the line.
+- ``codes``: "The <colour> locker opens with the code <4 digits>." in a *repetitive* haystack: one
+  short passage of a calibration essay (six sentences) repeated end to end. Essay text never
+  repeats, so the other tasks leave out the heads that find a line among near-identical copies
+  of the same sentences (a long context of templated or repeated text is common in real prompts).
 
 The lines, names and wording share nothing with ``niah``, ``niah-multi``, ``passkey-en`` or
 ``lines-en``, and the haystack is only the calibration side of `essay_split`.
@@ -22,7 +26,8 @@ The lines, names and wording share nothing with ``niah``, ``niah-multi``, ``pass
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -31,7 +36,15 @@ from moa_plan.records import Record
 from moa_plan.tasks.generators import TaskError, TokenCounter, word_count
 from moa_plan.tasks.haystack import essay_split, split_sentences
 
-__all__ = ["CITIES", "RECALL_TASKS", "generate_facts", "generate_items", "generate_quotes", "generate_recall"]
+__all__ = [
+    "CITIES",
+    "RECALL_TASKS",
+    "generate_codes",
+    "generate_facts",
+    "generate_items",
+    "generate_quotes",
+    "generate_recall",
+]
 
 CITIES = """Lisbon Oslo Nairobi Lima Hanoi Quito Dakar Riga Tbilisi Accra Havana Manila Kyoto Perth Porto
 Valencia Bergen Tromso Cusco Cordoba Leipzig Lyon Turin Krakow Gdansk Tallinn Vilnius Minsk Yerevan Baku
@@ -48,6 +61,8 @@ ROOMS = """kitchen attic cellar garage hallway library greenhouse workshop pantr
 laundry office bathroom veranda""".split()  # noqa: SIM905
 OBJECTS = """umbrella lantern violin compass teapot hammer kite telescope scarf basket candle ladder
 mirror typewriter bicycle saddle anchor clock shovel whistle""".split()  # noqa: SIM905
+COLOURS = """red orange yellow green blue purple white black grey brown pink violet teal amber ivory
+olive""".split()  # noqa: SIM905
 _ADJECTIVES = [
     "quiet",
     "copper",
@@ -87,6 +102,10 @@ _QUOTE_LINE = '{name} wrote in a notebook: "{sentence}"'
 _QUOTE_QUESTION = 'Question: What did {name} write in the notebook?\nAnswer: {name} wrote in the notebook: "'
 _ITEM_LINE = "In the {room}, {name} left the {object}."
 _ITEM_QUESTION = "Question: What did {name} leave in the {room}?\nAnswer: {name} left the"
+_CODE_LINE = "The {colour} locker opens with the code {code}."
+_CODE_QUESTION = "Question: Which code opens the {colour} locker?\nAnswer: The {colour} locker opens with the code"
+PASSAGE_SENTENCES = 6
+PASSAGE_WORDS = 20
 
 
 def _haystack(essays: Mapping[str, str], rng: np.random.Generator) -> list[str]:
@@ -97,6 +116,25 @@ def _haystack(essays: Mapping[str, str], rng: np.random.Generator) -> list[str]:
     for k in range(len(names)):
         sentences += split_sentences(essays[names[(start + k) % len(names)]].strip() + "\n\n")
     return sentences
+
+
+def _repeated_haystack(essays: Mapping[str, str], rng: np.random.Generator) -> Iterator[str]:
+    """A passage of `PASSAGE_SENTENCES` consecutive short sentences of a calibration essay, repeated forever.
+
+    Short (at most `PASSAGE_WORDS` words each), so that the fill stops within a short sentence of
+    its budget; if no essay has such a run, the first sentences of the longest essay.
+    """
+    runs: list[list[str]] = []
+    longest: list[str] = []
+    for name in sorted(essays):
+        sentences = [x.strip() for x in split_sentences(essays[name]) if x.strip()]
+        longest = max(longest, sentences, key=len)
+        for k in range(len(sentences) - PASSAGE_SENTENCES + 1):
+            run = sentences[k : k + PASSAGE_SENTENCES]
+            if all(len(x.split()) <= PASSAGE_WORDS for x in run):
+                runs.append(run)
+    passage = runs[int(rng.integers(len(runs)))] if runs else longest[:PASSAGE_SENTENCES]
+    yield from itertools.cycle([" " + x for x in passage])  # whitespace starts a piece; empty: the caller says so
 
 
 # A task draws, for record rng and count k: the k lines, the k references and, per asked slot, the question.
@@ -129,10 +167,20 @@ def _draw_items(rng: np.random.Generator, k: int) -> tuple[list[str], list[str],
     return lines, objects, [_ITEM_QUESTION.format(name=n, room=r) for n, r in zip(names, rooms, strict=True)]
 
 
-_DRAWS: dict[str, tuple[Draw, int]] = {
-    "facts": (_draw_facts, 7),
-    "quotes": (_draw_quotes, 11),
-    "items": (_draw_items, 13),
+def _draw_codes(rng: np.random.Generator, k: int) -> tuple[list[str], list[str], list[str]]:
+    colours = [str(c) for c in rng.choice(COLOURS, size=k, replace=False)]
+    codes = [str(int(x)) for x in rng.integers(1000, 10000, size=k)]
+    lines = [_CODE_LINE.format(colour=c, code=v) for c, v in zip(colours, codes, strict=True)]
+    return lines, codes, [_CODE_QUESTION.format(colour=c) for c in colours]
+
+
+Haystack = Callable[[Mapping[str, str], np.random.Generator], Iterable[str]]
+# Per task: its draw, its random stream (records of one seed differ between tasks) and its haystack.
+_DRAWS: dict[str, tuple[Draw, int, Haystack]] = {
+    "facts": (_draw_facts, 7, _haystack),
+    "quotes": (_draw_quotes, 11, _haystack),
+    "items": (_draw_items, 13, _haystack),
+    "codes": (_draw_codes, 17, _repeated_haystack),
 }
 RECALL_TASKS = tuple(_DRAWS)
 
@@ -166,7 +214,7 @@ def generate_recall(
     essays = {name: everything[name] for name in calibration}
     if not essays:
         raise TaskError(f"{task} needs at least one calibration essay")
-    draw, stream = _DRAWS[task]
+    draw, stream, haystack = _DRAWS[task]
     records = []
     for i in range(n):
         rng = np.random.default_rng([seed, stream, i])
@@ -177,7 +225,7 @@ def generate_recall(
         if budget < 16 * lines:
             raise TaskError(f"target length {target_length} is too short for {lines} {task} lines")
         kept, total = [], 0
-        for sentence in _haystack(essays, rng):
+        for sentence in haystack(essays, rng):
             size = count_tokens(sentence)
             if total + size > budget:
                 break
@@ -231,3 +279,8 @@ def generate_quotes(n: int, **options: object) -> list[Record]:
 def generate_items(n: int, **options: object) -> list[Record]:
     """``n`` records of the ``items`` task (`generate_recall`)."""
     return generate_recall("items", n, **options)  # type: ignore[arg-type]
+
+
+def generate_codes(n: int, **options: object) -> list[Record]:
+    """``n`` records of the ``codes`` task (`generate_recall`): lines in one repeated passage."""
+    return generate_recall("codes", n, **options)  # type: ignore[arg-type]

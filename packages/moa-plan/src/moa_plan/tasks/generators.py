@@ -357,7 +357,7 @@ def generate(
     The English tasks (`moa_plan.tasks.english.ENGLISH_TASKS`: ``niah``, ``niah-multi``,
     ``passkey-en``, ``lines-en``, ``summary``, ``essay-ppl``) take ``form`` and ``essays``, see
     `moa_plan.tasks.english.generate_english`; so do the calibration tasks ``facts``,
-    ``quotes`` and ``items`` (`moa_plan.tasks.facts`, completion form only); the toy tasks take neither (their form is fixed).
+    ``quotes``, ``items`` and ``codes`` (`moa_plan.tasks.facts`, completion form only); the toy tasks take neither (their form is fixed).
 
     Raises:
         TaskError: for an unknown task or options the task cannot satisfy.
