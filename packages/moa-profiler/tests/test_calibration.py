@@ -136,3 +136,32 @@ def test_mixed_task_records_draw_each_task_per_length():
         task_records(" , ", [300], 1, count_tokens=words, overhead=0)
     with pytest.raises(MoaError, match="nosuch"):
         task_records("rewrite,nosuch", [300], 1, count_tokens=words, overhead=0)
+
+
+def test_reference_answers_follow_the_fitted_prompt(tokenizer, model_factory):
+    """answers="reference": the stored answer is the record's reference, tokenised alone; nothing is generated."""
+    model = model_factory()
+    words = " ".join(f"w{10 + k % 70}" for k in range(90))
+    records = [
+        Record(task="t", context=words, question="w2 w3", answer="w4 w5 w6"),
+        Record(task="t", context="w7 " * 200, question="w2", metadata={"reference": "w8 w9", "format": "completion"}),
+        Record(task="t", context="w3 " * 100, question="w2", answer="w5 " * 20),
+    ]
+    settings = CalibrationSettings(buckets=(64, 128), max_new_tokens=6, answers="reference")
+    samples = build_calibration(model, tokenizer, records, settings)
+    by_record = {s.record_index: s for s in samples}
+    for i, want in ((0, "w4 w5 w6"), (1, "w8 w9"), (2, "w5 w5 w5 w5 w5 w5")):
+        s = by_record[i]
+        assert len(s.input_ids) == s.bucket and s.answer_end == s.bucket
+        assert s.input_ids[s.answer_start :] == tokenizer(want, add_special_tokens=False).input_ids
+    # The prompt, built independently: template head + context head + context tail + question + template tail.
+    s = by_record[0]
+    before = tokenizer("<s> <|user|>", add_special_tokens=False).input_ids
+    after = tokenizer("w2 w3 <|end|> <|assistant|>", add_special_tokens=False).input_ids
+    context = tokenizer(words, add_special_tokens=False).input_ids
+    keep = s.bucket - 3 - len(before) - len(after)
+    assert s.input_ids[: s.answer_start] == before + context[: keep // 2] + context[90 - (keep - keep // 2) :] + after
+    with pytest.raises(CalibrationError, match="no reference answer"):
+        build_calibration(model, tokenizer, [Record(task="t", context=words, question="w2")], settings)
+    with pytest.raises(CalibrationError, match="answers must be"):
+        CalibrationSettings(buckets=(64,), answers="gold")

@@ -12,6 +12,13 @@ until the answer fills its room (lengths only shrink, so this ends; usually afte
 The stored tokens are the prompt the model saw and the tokens it generated; the answer span is
 located from the template: the rendered conversation must start with the rendered generation
 prompt (token for token), and the answer starts right after it.
+
+``answers="reference"`` is the other choice (DuoAttention's, for its passkeys): the answer is the
+record's own reference (``record.answer``, else ``metadata["reference"]``: the asked line's
+value in the recall tasks), tokenised as the continuation of the prompt and cut at
+``max_new_tokens``; nothing is generated. Model alignment (MoA's choice) keeps what the model
+says, so where a small model answers a far question wrongly (copying the nearest line), its loss
+measures the heads behind the wrong copy; the reference measures the heads a right answer needs.
 """
 
 from __future__ import annotations
@@ -51,6 +58,8 @@ class CalibrationSettings:
         fit: ``largest``: a record feeds the largest bucket it fills, cutting at most ``max_cut``
             of its context. ``each``: a record feeds every bucket not longer than its prompt
             (``max_cut`` does not apply: cutting a document to each length is the point).
+        answers: ``model`` (greedy answers of the model: model alignment) or ``reference`` (each
+            record's reference answer; see the module docstring).
     """
 
     buckets: tuple[int, ...]
@@ -62,10 +71,13 @@ class CalibrationSettings:
     max_per_bucket: int | None = None
     system: str | None = None
     fit: str = "largest"
+    answers: str = "model"
 
     def __post_init__(self) -> None:
         if self.fit not in ("largest", "each"):
             raise CalibrationError(f"fit must be 'largest' or 'each', got {self.fit!r}")
+        if self.answers not in ("model", "reference"):
+            raise CalibrationError(f"answers must be 'model' or 'reference', got {self.answers!r}")
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,7 @@ class EncodedPrompt:
     c1: int
     text: str
     messages: list[dict[str, str]] | None
+    special: bool = False  # whether the tokenizer added its special tokens (plain text does)
 
     @property
     def overhead(self) -> int:
@@ -121,7 +134,7 @@ def encode_prompt(
     inside = [t for t, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a >= pos and b <= end]
     if not inside:
         raise CalibrationError(f"a {record.task!r} record's context has no token of its own")
-    return EncodedPrompt(list(enc["input_ids"]), inside[0], inside[-1] + 1, text, messages)
+    return EncodedPrompt(list(enc["input_ids"]), inside[0], inside[-1] + 1, text, messages, special)
 
 
 def fit_prompt(prompt: EncodedPrompt, keep: int) -> list[int]:
@@ -209,6 +222,42 @@ def _answer_in_rounds(
     return done
 
 
+def reference_text(record: Record) -> str:
+    """The reference answer of a record as the text that continues its prompt.
+
+    Raises:
+        CalibrationError: if the record has neither ``answer`` nor ``metadata["reference"]``.
+    """
+    answer = record.answer if record.answer is not None else record.metadata.get("reference")
+    if answer is None or not str(answer).strip():
+        raise CalibrationError(f"a {record.task!r} record has no reference answer (answers='reference' needs one)")
+    text = str(answer)
+    # A completion-form question ends at the word before the answer: the answer starts a new word.
+    return text if text[:1].isspace() or record.metadata.get("format") != "completion" else " " + text
+
+
+def _reference_answers(
+    tokenizer: Any,
+    records: Sequence[Record],
+    prompts: dict[tuple[int, int], tuple[EncodedPrompt, int]],
+    settings: CalibrationSettings,
+) -> dict[tuple[int, int], tuple[list[int], list[int]]]:
+    """Each record's reference answer (at most ``max_new_tokens`` tokens) after its prompt fitted to the rest."""
+    done = {}
+    for key, (prompt, bucket) in prompts.items():
+        reference = reference_text(records[key[0]])
+        ids = list(tokenizer(prompt.text + reference, add_special_tokens=prompt.special)["input_ids"])
+        # The answer is what tokenising prompt + answer together adds after the prompt's tokens; where the two
+        # merge a token across the seam, the answer tokenised alone.
+        if ids[: len(prompt.ids)] == prompt.ids and len(ids) > len(prompt.ids):
+            answer = ids[len(prompt.ids) :]
+        else:
+            answer = list(tokenizer(reference, add_special_tokens=False)["input_ids"])
+        answer = answer[: settings.max_new_tokens]
+        done[key] = (fit_prompt(prompt, bucket - len(answer) - prompt.overhead), answer)
+    return done
+
+
 def build_calibration(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -241,7 +290,10 @@ def build_calibration(
     if not prompts:
         raise CalibrationError("no record fits any bucket")
     stops = stop_token_ids(model, tokenizer)
-    done = _answer_in_rounds(model, tokenizer, prompts, settings, stops, progress)
+    if settings.answers == "reference":
+        done = _reference_answers(tokenizer, records, prompts, settings)
+    else:
+        done = _answer_in_rounds(model, tokenizer, prompts, settings, stops, progress)
     samples, mismatched = [], 0
     several = settings.fit == "each" and len(settings.buckets) > 1
     for key in sorted(done):
@@ -249,7 +301,8 @@ def build_calibration(
         prompt, bucket = prompts[key]
         ids, answer = done[key]
         record = records[i]
-        mismatched += not _check_template(tokenizer, prompt, answer, stops, f"record {i}")
+        if settings.answers == "model":
+            mismatched += not _check_template(tokenizer, prompt, answer, stops, f"record {i}")
         samples.append(
             CalibrationSample(
                 sample_id=f"{record.task}-{i}-{bucket}" if several else f"{record.task}-{i}",

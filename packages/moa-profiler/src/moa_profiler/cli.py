@@ -132,6 +132,14 @@ def _calibration_inputs(
 )
 @click.option("--skip-unfit", is_flag=True, help="Drop records that fit no length instead of failing.")
 @click.option("--max-per-bucket", type=click.IntRange(min=1), help="Keep at most this many samples per length.")
+@click.option(
+    "--answers",
+    type=click.Choice(["model", "reference"]),
+    default="model",
+    show_default=True,
+    help="model: the model's greedy answers (model alignment, MoA). reference: each record's reference answer "
+    "(the asked line's value in facts/quotes/items/codes), nothing generated.",
+)
 @click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="float32", show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option(
@@ -157,6 +165,7 @@ def calibrate(
     fit: str | None,
     skip_unfit: bool,
     max_per_bucket: int | None,
+    answers: str,
     dtype: str,
     device: str,
     device_map: str | None,
@@ -184,6 +193,7 @@ def calibrate(
         max_per_bucket=max_per_bucket,
         system=system,
         fit=fit or ("each" if records is not None else "largest"),
+        answers=answers,
     )
     inputs, source = _calibration_inputs(tokenizer, records, task, lengths, num_samples, seed, template, system)
     model = _run(load_model, model_path, dtype=dtype, device=_device(device), device_map=_device_map(device_map))
@@ -194,7 +204,7 @@ def calibrate(
         "source": source,
         "versions": versions(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "answers": "model, greedy",
+        "answers": "model, greedy" if answers == "model" else "reference",
         "max_new_tokens": max_new_tokens,
         "template": template,
         "lengths": sorted(set(lengths)),
@@ -202,16 +212,16 @@ def calibrate(
     }
     _run(write_calibration, out, CalibrationSet(samples=samples, provenance=provenance))
     per_length = {n: sum(s.bucket == n for s in samples) for n in sorted(set(lengths))}
-    answers = [s.answer_end - s.answer_start for s in samples]
+    sizes = [s.answer_end - s.answer_start for s in samples]
     if as_json:
         click.echo(
-            json.dumps({"path": str(out), "samples": len(samples), "per_length": per_length, "answer_tokens": answers})
+            json.dumps({"path": str(out), "samples": len(samples), "per_length": per_length, "answer_tokens": sizes})
         )
         return
     click.echo(f"{'length':>8}  {'samples':>7}")
     for n, count in per_length.items():
         click.echo(f"{n:>8}  {count:>7}")
-    click.echo(f"wrote {out}: {len(samples)} samples, answers of {min(answers)}..{max(answers)} tokens")
+    click.echo(f"wrote {out}: {len(samples)} samples, answers of {min(sizes)}..{max(sizes)} tokens")
 
 
 @cli.command("profile")
