@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from moa_plan import Record
-from moa_profiler.calibration import CalibrationSettings, build_calibration, encode_prompt
+from moa_profiler.calibration import CalibrationSettings, build_calibration, encode_prompt, reference_text
 from moa_profiler.dataset import CalibrationSet, read_calibration, write_calibration
 from moa_profiler.errors import CalibrationError
 from moa_profiler.records import load_records
@@ -161,6 +161,14 @@ def test_reference_answers_follow_the_fitted_prompt(tokenizer, model_factory):
     context = tokenizer(words, add_special_tokens=False).input_ids
     keep = s.bucket - 3 - len(before) - len(after)
     assert s.input_ids[: s.answer_start] == before + context[: keep // 2] + context[90 - (keep - keep // 2) :] + after
+    completion = {"format": "completion"}
+    assert (
+        reference_text(Record(task="t", context="c", question="Answer: it is", answer="7", metadata=completion)) == " 7"
+    )
+    assert (
+        reference_text(Record(task="t", context="c", question='wrote: "', answer="Hi.", metadata=completion)) == "Hi."
+    )
+    assert reference_text(Record(task="t", context="c", question="Q?", answer="7")) == "7"  # chat: the reply itself
     with pytest.raises(CalibrationError, match="no reference answer"):
         build_calibration(model, tokenizer, [Record(task="t", context=words, question="w2")], settings)
     with pytest.raises(CalibrationError, match="answers must be"):

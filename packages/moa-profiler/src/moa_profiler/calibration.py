@@ -36,7 +36,7 @@ from moa_profiler.dataset import CalibrationSample
 from moa_profiler.errors import CalibrationError
 from moa_profiler.generation import generate_greedy, stop_token_ids
 
-__all__ = ["CalibrationSettings", "EncodedPrompt", "build_calibration", "encode_prompt", "fit_prompt"]
+__all__ = ["CalibrationSettings", "EncodedPrompt", "build_calibration", "encode_prompt", "fit_prompt", "reference_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -232,8 +232,12 @@ def reference_text(record: Record) -> str:
     if answer is None or not str(answer).strip():
         raise CalibrationError(f"a {record.task!r} record has no reference answer (answers='reference' needs one)")
     text = str(answer)
-    # A completion-form question ends at the word before the answer: the answer starts a new word.
-    return text if text[:1].isspace() or record.metadata.get("format") != "completion" else " " + text
+    # A completion-form question ends at the word before the answer, so the answer starts a new word, unless the
+    # question ends in whitespace or an opening quote or bracket (`wrote in the notebook: "`).
+    ending = (record.question or record.context)[-1:]
+    if record.metadata.get("format") != "completion" or text[:1].isspace() or ending.isspace() or ending in "\"'([{":
+        return text
+    return " " + text
 
 
 def _reference_answers(
