@@ -358,6 +358,13 @@ def validate(
     "--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True, help="Calibration answer cap."
 )
 @click.option(
+    "--answers",
+    type=click.Choice(["model", "reference"]),
+    default="model",
+    show_default=True,
+    help="Calibration answers: the model's own (model alignment) or each record's reference answer.",
+)
+@click.option(
     "--samples",
     type=click.IntRange(min=1),
     default=8,
@@ -437,6 +444,7 @@ def compress(
     validation_records: Path | None,
     template: str,
     max_new_tokens: int,
+    answers: str,
     samples: int,
     validation_samples: int,
     optimizer: str,
@@ -475,6 +483,7 @@ def compress(
         validation_records=validation_records,
         template=template,
         max_new_tokens=max_new_tokens,
+        answers=answers,
         samples=samples,
         validation_samples=validation_samples,
         optimizer=optimizer,

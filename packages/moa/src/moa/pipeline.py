@@ -44,6 +44,8 @@ class CompressSettings:
     # Calibration prompt rendering (chat template or plain text) and answer cap.
     template: str = "chat"
     max_new_tokens: int = 64
+    # Calibration answers: the model's own (model alignment, MoA) or each record's reference answer.
+    answers: str = "model"
     samples: int = 8
     validation_samples: int = 8
     optimizer: str = "builtin"
@@ -181,10 +183,10 @@ def _check_inputs(s: CompressSettings) -> None:
 # set re-runs the profile): changing one re-runs that stage and the ones after it, changing another
 # stage's setting (e.g. the evaluation lengths) does not re-run this one.
 _STAGE_SETTINGS = {
-    "calibrate": ("model", "lengths", "task", "records", "template", "max_new_tokens", "samples"),
+    "calibrate": ("model", "lengths", "task", "records", "template", "max_new_tokens", "samples", "answers"),
     "validation-data": (
         "model", "task", "records", "validation_records", "template", "max_new_tokens", "validation_samples",
-        "val_length",
+        "val_length", "answers",
     ),
     "profile": ("model", "sink", "block", "statistic", "greedy_group", "greedy_stop", "greedy_lazy"),
     "optimize": (
@@ -221,7 +223,7 @@ class _Compress:
         s = self.s
         source = ["--records", records] if records is not None else ["--task", s.task, "--num-samples", samples]
         args = [*source, "--lengths", lengths, "--seed", seed, "--template", s.template]
-        args += ["--max-new-tokens", s.max_new_tokens, "--skip-unfit", "--out", out, "--quiet"]
+        args += ["--max-new-tokens", s.max_new_tokens, "--answers", s.answers, "--skip-unfit", "--out", out, "--quiet"]
         _moa(["calibrate", "--model", s.model, *args], stage, self.echo)
 
     def calibrate(self) -> None:
