@@ -86,6 +86,15 @@ def test_empty_records(tmp_path: Path, model_dir: Path):
     no_files(tmp_path, "c.parquet")
 
 
+def test_reference_answers_need_a_reference(tmp_path: Path, model_dir: Path):
+    records = records_file(tmp_path / "r.jsonl", [100])  # records without an answer
+    args = ("calibrate", "--model", model_dir, "--records", records, "--lengths", 64, "--max-new-tokens", 4)
+    args += ("--answers", "reference")
+    code, _, stderr = run(*args, "-o", tmp_path / "c.parquet", "--quiet")
+    assert_one_sentence(code, stderr, "has no reference answer")
+    no_files(tmp_path, "c.parquet")
+
+
 def test_sample_longer_than_every_bucket(tmp_path: Path, model_dir: Path):
     records = records_file(tmp_path / "r.jsonl", [100, 900])
     code, _, stderr = run(

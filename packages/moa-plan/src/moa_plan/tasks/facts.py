@@ -16,9 +16,9 @@ unseen long-range task needs:
 - ``items``: "In the <room>, <name> left the <object>." asked as "What did <name> leave in the
   <room>?": one word chosen by two keys, the question worded apart from the line.
 - ``codes``: "The <colour> locker opens with the code <4 digits>." in a *repetitive* haystack: one
-  short passage of a calibration essay (six sentences) repeated end to end. Essay text never
-  repeats, so the other tasks leave out the heads that find a line among near-identical copies
-  of the same sentences (a long context of templated or repeated text is common in real prompts).
+  short passage of a calibration essay (six sentences) repeated end to end, the kind of context
+  no essay task gives (on SmolLM2 its measured cuts rank the same strongest heads as ``facts``,
+  RESULTS.md).
 
 The lines, names and wording share nothing with ``niah``, ``niah-multi``, ``passkey-en`` or
 ``lines-en``, and the haystack is only the calibration side of `essay_split`.
