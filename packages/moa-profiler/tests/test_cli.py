@@ -226,3 +226,87 @@ def test_calibrate_records_feed_every_length(tmp_path: Path, model_dir: Path):
     # Shorter lengths cut more of the same document.
     cuts = [s.cut_tokens for s in sorted(long, key=lambda s: s.bucket)]
     assert cuts[0] > cuts[1] > cuts[2] >= 0
+
+
+def test_greedy_from_extends_a_finished_search(tmp_path: Path, calibration_file: Path, model_dir: Path, monkeypatch):
+    """A search to 1/2 of the KV heads, extended with --greedy-from to 3/4, cuts what one search to 3/4 cuts (group 1:
+    the same rounds); from a path whose stop is reached, the profile is rebuilt without a forward pass."""
+    import moa_profiler.greedy as greedy
+
+    common = ["--model", model_dir, "--sink", 8, "--block", 16, "--statistic", "greedy", "--greedy-group", 1, "--quiet"]
+    common += ["--lengths", 96]
+    assert run("profile", calibration_file, *common, "--greedy-stop", 0.75, "-o", tmp_path / "once")[0] == 0
+    assert run("profile", calibration_file, *common, "--greedy-stop", 0.5, "-o", tmp_path / "half")[0] == 0
+    half = json.loads((tmp_path / "half" / "profile-96.greedy.json").read_text())
+    assert len(half["order"]) == 2 and half["length"] == 96 and half["sink"] == 8 and half["block"] == 16
+    code, _, stderr = run(
+        "profile", calibration_file, *common, "--greedy-stop", 0.75, "--greedy-from", tmp_path / "half",
+        "-o", tmp_path / "more",
+    )  # fmt: skip
+    assert code == 0, stderr
+    once = json.loads((tmp_path / "once" / "profile-96.greedy.json").read_text())
+    more = json.loads((tmp_path / "more" / "profile-96.greedy.json").read_text())
+    assert more["order"] == once["order"] and len(once["order"]) == 3
+    # It continues the path it is given: from another first two cuts, it keeps them and measures only round 3.
+    calls: list[int] = []
+    counted = greedy.answer_loss
+    monkeypatch.setattr(greedy, "answer_loss", lambda *a: calls.append(1) or counted(*a))
+    other = [h for h in ([0, 0], [0, 1], [1, 0], [1, 1]) if h not in half["order"]]
+    (tmp_path / "other.json").write_text(json.dumps({**half, "order": other}))
+    code, _, stderr = run(
+        "profile", calibration_file, *common, "--greedy-stop", 0.75, "--greedy-from", tmp_path / "other.json",
+        "-o", tmp_path / "other",
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert json.loads((tmp_path / "other" / "profile-96.greedy.json").read_text())["order"][:2] == other
+    assert len(calls) == 6 * (1 + 2)  # 6 samples: the base with two cut, then each of the two heads left
+    assert np.allclose([v for *_, v in more["values"]], [v for *_, v in once["values"]], atol=1e-9)
+
+    def no_forward(*args: object) -> None:
+        raise AssertionError("a forward pass")
+
+    monkeypatch.setattr(greedy, "answer_loss", no_forward)
+    seed = tmp_path / "once" / "profile-96.greedy.json"
+    code, _, stderr = run(
+        "profile", calibration_file, *common, "--greedy-stop", 0.75, "--greedy-from", seed, "-o", tmp_path / "re"
+    )
+    assert code == 0, stderr
+    rebuilt, first = (
+        load_profile(tmp_path / "re" / "profile-96.safetensors"),
+        load_profile(tmp_path / "once" / "profile-96.safetensors"),
+    )
+    assert np.array_equal(rebuilt.hist, first.hist)
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"sink": 4}, "measured with sink 4, not 8"),
+        ({"order": [[2, 0]]}, "KV head (2, 0), which this model (2 layers x 2 KV heads) lacks"),
+        ({"order": [[0, 0], [0, 0]]}, "cuts a KV head twice"),
+        ({"values": [[0, 0, 0.1]]}, "no value for KV head (0, 1)"),
+        ({"losses": None}, "is not a greedy path"),
+        ({"samples": "another"}, "measured with samples another"),
+    ],
+    ids=["sink", "foreign-head", "twice", "unvalued", "malformed", "samples"],
+)
+def test_greedy_from_refuses_another_search(tmp_path: Path, calibration_file: Path, model_dir: Path, change, fragment):
+    common = ["--model", model_dir, "--sink", 8, "--block", 16, "--statistic", "greedy", "--quiet", "--lengths", 96]
+    assert run("profile", calibration_file, *common, "--greedy-stop", 0.5, "-o", tmp_path / "half")[0] == 0
+    seed = tmp_path / "seed.json"
+    seed.write_text(json.dumps({**json.loads((tmp_path / "half" / "profile-96.greedy.json").read_text()), **change}))
+    code, _, stderr = run("profile", calibration_file, *common, "--greedy-from", seed, "-o", tmp_path / "out")
+    assert_one_sentence(code, stderr, fragment)
+    no_files(tmp_path / "out", "profile-96.safetensors", "profile-96.greedy.json")
+
+
+def test_greedy_from_needs_the_greedy_statistic_and_a_file(tmp_path: Path, calibration_file: Path, model_dir: Path):
+    code, _, stderr = run(
+        "profile", calibration_file, "--model", model_dir, "--greedy-from", tmp_path, "-o", tmp_path / "o", "--quiet"
+    )
+    assert_one_sentence(code, stderr, "add --statistic greedy")
+    code, _, stderr = run(
+        "profile", calibration_file, "--model", model_dir, "--statistic", "greedy", "--greedy-from",
+        tmp_path / "nowhere.json", "-o", tmp_path / "o", "--quiet",
+    )  # fmt: skip
+    assert_one_sentence(code, stderr, "does not exist")

@@ -266,6 +266,13 @@ def calibrate(
     "them among the cheapest (about 2 x --greedy-group per round instead of every remaining head).",
 )
 @click.option(
+    "--greedy-from",
+    type=click.Path(path_type=Path),
+    help="Start the greedy search from a saved path (a profile-<N>.greedy.json, or the directory of an earlier "
+    "--out): with a larger --greedy-stop it goes on where that search stopped; with one already reached it "
+    "rebuilds the profile without a forward pass. Same samples, sink and block.",
+)
+@click.option(
     "--ablation-points",
     type=click.IntRange(min=1),
     default=32,
@@ -302,6 +309,7 @@ def profile(
     greedy_group: int,
     greedy_stop: float,
     greedy_lazy: bool,
+    greedy_from: Path | None,
     ablation_points: int,
     max_samples: int | None,
     chunk_elements: int | None,
@@ -329,6 +337,10 @@ def profile(
     logging.basicConfig(level=logging.WARNING)
     if quiet:
         _quiet_transformers()
+    if greedy_from is not None and statistic != "greedy":
+        raise MoaCommandError("--greedy-from continues a greedy search; add --statistic greedy")
+    if greedy_from is not None and not greedy_from.exists():
+        raise MoaCommandError(f"--greedy-from {greedy_from} does not exist")
     calib = _run(read_calibration, calibration)
     wanted = lengths or calib.lengths()
     missing = [n for n in wanted if n not in calib.lengths()]
@@ -372,6 +384,7 @@ def profile(
         restart=restart,
         progress=not quiet,
         versions=versions(),
+        greedy_from=greedy_from,
     )
     summaries = []
     for n in wanted:

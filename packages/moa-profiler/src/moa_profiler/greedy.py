@@ -15,7 +15,9 @@ the cut one are reused from the round's uncut forward, about half of each). ``gr
 from the second round on, only the heads whose previous marginal could still make them among the
 cheapest (`_lazy_round`, the lazy greedy of submodular maximisation): about ``2 x group`` per round,
 the same path whenever a cut never gets cheaper after other cuts. Rounds are checkpointed, so an
-interrupted search resumes at the round it was in.
+interrupted search resumes at the round it was in, and a finished one can be *extended*: started
+from its saved path (``start``, `load_greedy_path`), a search with a larger ``stop`` goes on where it
+ended, and one whose stop is already reached rebuilds the profile without a forward pass.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from moa_profiler.attention import masking
 from moa_profiler.errors import ProfilerError
 from moa_profiler.sample import InfluenceSettings, Reuse, answer_loss, decoder_layers
 
-__all__ = ["GreedyPath", "ablation_histogram", "greedy_path"]
+__all__ = ["GreedyPath", "ablation_histogram", "greedy_path", "load_greedy_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +73,12 @@ def greedy_path(
     checkpoint: Path | None = None,
     key: str = "",
     progress: Callable[[str], None] | None = None,
+    start: GreedyPath | None = None,
 ) -> GreedyPath:
     """Run the greedy search over ``samples`` (``(ids, answer start, answer stop)`` of one length).
+
+    ``start``: a path of an earlier search on the same samples, sink and block; the search continues it
+    (a checkpoint of this run, if any, wins).
 
     Raises:
         ProfilerError: if a loss is not finite or the checkpoint belongs to another run.
@@ -84,7 +90,7 @@ def greedy_path(
     group = settings.greedy_group or max(1, math.ceil(len(everyone) / 8))
     target = min(len(everyone) - 1, round(settings.greedy_stop * len(everyone)))
     window, sink = settings.block, settings.sink
-    state = _load(checkpoint, key)
+    state: dict[str, Any] = _load(checkpoint, key) or (start.to_json() if start is not None else {})
     values = {(int(h[0]), int(h[1])): float(h[2]) for h in state.get("values", [])}
     order = [(int(h[0]), int(h[1])) for h in state.get("order", [])]
     losses = [float(x) for x in state.get("losses", [])]
@@ -187,6 +193,47 @@ def ablation_histogram(
     for (layer, kv), value in path.values.items():
         hist[layer, kv * group : (kv + 1) * group, w:] = max(value, 0.0) / (group * (keys - w))
     return hist
+
+
+def load_greedy_path(file: Path, *, layers: int, kv_heads: int, expect: dict[str, object] | None = None) -> GreedyPath:
+    """A path saved by an earlier search (``profile-<N>.greedy.json``), checked against this model.
+
+    ``expect``: settings the path must have been measured with (``length``, ``sink``, ``block``,
+    ``samples``); a file that does not record one of them is taken as it is, with a warning.
+
+    Raises:
+        ProfilerError: unreadable, not a greedy path, a head this model lacks, a head cut twice or without a
+            value, or measured with other settings.
+    """
+    try:
+        data = json.loads(file.read_text())
+        order = [(int(h[0]), int(h[1])) for h in data["order"]]
+        values = {(int(h[0]), int(h[1])): float(h[2]) for h in data["values"]}
+        losses = [float(x) for x in data["losses"]]
+    except OSError as exc:
+        raise ProfilerError(f"cannot read the greedy path {file}: {exc.strerror or exc}") from None
+    except (ValueError, KeyError, TypeError, IndexError):
+        raise ProfilerError(f"{file} is not a greedy path (a JSON object with order, values and losses)") from None
+    everyone = {(layer, kv) for layer in range(layers) for kv in range(kv_heads)}
+    foreign = sorted((set(order) | set(values)) - everyone)
+    if foreign:
+        raise ProfilerError(
+            f"{file} has KV head {foreign[0]}, which this model ({layers} layers x {kv_heads} KV heads) lacks"
+        )
+    if len(set(order)) != len(order):
+        raise ProfilerError(f"{file} cuts a KV head twice")
+    if not losses or any(not math.isfinite(x) for x in [*losses, *values.values()]):
+        raise ProfilerError(f"{file} has no losses or a loss that is not finite")
+    unvalued = sorted(everyone - set(values))
+    if unvalued:
+        raise ProfilerError(f"{file} has no value for KV head {unvalued[0]}")
+    for name, want in (expect or {}).items():
+        got = data.get(name)
+        if got is None:
+            logger.warning("%s does not record its %s; taking it as measured with %s", file, name, want)
+        elif got != want:
+            raise ProfilerError(f"{file} was measured with {name} {got}, not {want}")
+    return GreedyPath(values, order, losses)
 
 
 def _load(checkpoint: Path | None, key: str) -> dict[str, Any]:

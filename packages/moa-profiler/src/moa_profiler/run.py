@@ -41,6 +41,8 @@ class RunSettings:
         restart: Ignore existing checkpoints.
         progress: Show a progress bar (rank 0).
         versions: Package versions recorded in the profile.
+        greedy_from: Start the greedy search from a saved path: a ``profile-<N>.greedy.json`` (one length)
+            or a directory of them (see `moa_profiler.greedy.load_greedy_path`).
     """
 
     influence: InfluenceSettings = field(default_factory=InfluenceSettings)
@@ -49,6 +51,7 @@ class RunSettings:
     restart: bool = False
     progress: bool = False
     versions: dict[str, str] = field(default_factory=dict)
+    greedy_from: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -68,11 +71,7 @@ class LengthSummary:
 def _key(
     fp: ModelFingerprint, samples: Sequence[CalibrationSample], length: int, s: InfluenceSettings, world: World
 ) -> str:
-    digest = hashlib.sha256()
-    for sample in samples:
-        digest.update(sample.sample_id.encode())
-        digest.update(np.asarray(sample.input_ids, dtype=np.int64).tobytes())
-        digest.update(f"{sample.answer_start}:{sample.answer_end};".encode())
+    digest = hashlib.sha256(_samples_digest(samples).encode())
     digest.update(
         json.dumps(
             [fp.model_dump(), length, s.sink, s.block, s.block_map, str(s.dtype), world.rank, world.size]
@@ -81,6 +80,16 @@ def _key(
             + (["lazy"] if s.statistic == "greedy" and s.greedy_lazy else [])
         ).encode()
     )
+    return digest.hexdigest()
+
+
+def _samples_digest(samples: Sequence[CalibrationSample]) -> str:
+    """sha256 of the samples' ids, tokens and answer spans (which samples a greedy path was measured on)."""
+    digest = hashlib.sha256()
+    for sample in samples:
+        digest.update(sample.sample_id.encode())
+        digest.update(np.asarray(sample.input_ids, dtype=np.int64).tobytes())
+        digest.update(f"{sample.answer_start}:{sample.answer_end};".encode())
     return digest.hexdigest()
 
 
@@ -150,10 +159,18 @@ def _greedy(
     out: Path,
 ) -> None:
     """The greedy search over all samples at once (it is not a per-sample sum): one rank only."""
-    from moa_profiler.greedy import ablation_histogram, greedy_path
+    from moa_profiler.greedy import ablation_histogram, greedy_path, load_greedy_path
 
     if world.size > 1:
         raise ProfilerError("the greedy statistic measures all samples together; run it in one process, not torchrun")
+    s = settings.influence
+    measured = {"length": length, "sink": s.sink, "block": s.block, "samples": _samples_digest(mine)}
+    start = None
+    if settings.greedy_from is not None:
+        seed = settings.greedy_from
+        seed = seed / f"profile-{length}.greedy.json" if seed.is_dir() else seed
+        start = load_greedy_path(seed, layers=fp.num_layers, kv_heads=fp.num_key_value_heads, expect=measured)
+        key = hashlib.sha256(f"{key}:{json.dumps(start.to_json())}".encode()).hexdigest()
     samples = [(torch.tensor(x.input_ids, dtype=torch.long, device=device), x.answer_start, x.answer_end) for x in mine]
     show = settings.progress and world.is_main
     path = greedy_path(
@@ -163,6 +180,7 @@ def _greedy(
         checkpoint=None if ckpt is None else ckpt.with_suffix(".greedy.json"),
         key=key,
         progress=(lambda m: tqdm.write(m)) if show else (lambda m: logger.info("%s", m)),
+        start=start,
     )
     hist = ablation_histogram(
         path, fp.num_layers, fp.num_attention_heads, fp.num_key_value_heads, length, settings.influence
@@ -173,7 +191,8 @@ def _greedy(
     sums.done = [x.sample_id for x in mine]
     if world.is_main:
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out.with_name(out.stem + ".greedy.json"), json.dumps(path.to_json()) + "\n")
+        record = {**path.to_json(), **measured}
+        atomic_write_text(out.with_name(out.stem + ".greedy.json"), json.dumps(record) + "\n")
     if ckpt is not None:
         ckpt.with_suffix(".greedy.json").unlink(missing_ok=True)
 
