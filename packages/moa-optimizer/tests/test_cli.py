@@ -181,3 +181,16 @@ def test_profiles_of_one_length_are_merged_by_sample_count(profile_files, small_
         _run(["--profiles", *files, odd.save(tmp_path / "odd.safetensors"), *args, "--out", tmp_path / "c"])
     )
     assert "cannot merge profiles of a different sink" in line
+
+
+def test_one_profiled_length_plots_without_a_warning(profile_files, tmp_path):
+    """With one or two profiled lengths the Pareto scatter has no colour axis (matplotlib warned about an unused cmap)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = _run(
+            ["--profiles", profile_files[0], "--density", "0.5", "--time-limit", "2", "--out", tmp_path / "o"]
+        )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "o" / "pareto.png").stat().st_size > 0

@@ -83,7 +83,7 @@ def plot_pareto(plans: Sequence[Plan], path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
     x, y = losses[:, 0], losses[:, -1]
     colour = losses[:, len(profiled) // 2] if len(profiled) > 2 else None
-    points = ax.scatter(x, y, c=colour, cmap="viridis")
+    points = ax.scatter(x, y, c=colour, cmap="viridis") if colour is not None else ax.scatter(x, y)
     for i, (a, b) in enumerate(zip(x, y, strict=True)):
         ax.annotate(str(i), (a, b), textcoords="offset points", xytext=(3, 3), fontsize=7)
     if colour is not None:
