@@ -160,8 +160,10 @@ def test_compress_with_the_ablation_statistic(reference_model: Path, tmp_path: P
     for n in (256, 512):
         profile = load_profile(out / "profiles" / f"profile-{n}.safetensors")
         assert "ablation" in (profile.notes or "") and (profile.hist >= 0).all()
+        shape = load_profile(out / "influence" / f"profile-{n}.safetensors")  # --shape (the default)
+        assert "ablation" not in (shape.notes or "") and shape.length == n
     assert not (out / "d0.5" / "layer").exists()
-    assert "profile statistic `ablation`" in (out / "report.md").read_text()
+    assert "profile statistic `ablation` shaped by the influence profile" in (out / "report.md").read_text()
 
 
 def test_compress_from_a_records_file(reference_model: Path, tmp_path: Path, moa_cli) -> None:  # type: ignore[no-untyped-def]

@@ -414,6 +414,13 @@ def validate(
     "them among the cheapest (about 2 x --greedy-group per round instead of every remaining head).",
 )
 @click.option(
+    "--shape/--no-shape",
+    default=True,
+    show_default=True,
+    help="With --statistic ablation or greedy, also profile MoA's influence on the same calibration set and "
+    "shape each head's measured cut cost by it (moa optimize --shape-by).",
+)
+@click.option(
     "--grid-resolution",
     type=click.IntRange(min=1),
     default=1,
@@ -460,6 +467,7 @@ def compress(
     greedy_group: int,
     greedy_stop: float,
     greedy_lazy: bool,
+    shape: bool,
     grid_resolution: int,
     out: Path,
 ) -> None:
@@ -499,6 +507,7 @@ def compress(
         greedy_group=greedy_group,
         greedy_stop=greedy_stop,
         greedy_lazy=greedy_lazy,
+        shape=shape,
         grid_resolution=grid_resolution,
         out=out,
     )

@@ -67,6 +67,11 @@ class CompressSettings:
     greedy_group: int = 0
     greedy_stop: float = 0.75
     greedy_lazy: bool = False
+    # With a measured statistic (ablation, greedy), also profile MoA's influence on the same calibration set
+    # and let the optimizer shape each head's measured cut cost by it (`moa optimize --shape-by`): the
+    # measured profile says how much a head's cut costs, the influence profile how that cost falls as its
+    # window grows (the shaped plans of RESULTS.md).
+    shape: bool = True
     # Rule-grid resolution of the optimizer (1: the original MoA grid).
     grid_resolution: int = 1
 
@@ -188,10 +193,10 @@ _STAGE_SETTINGS = {
         "model", "task", "records", "validation_records", "template", "max_new_tokens", "validation_samples",
         "val_length", "answers",
     ),
-    "profile": ("model", "sink", "block", "statistic", "greedy_group", "greedy_stop", "greedy_lazy"),
+    "profile": ("model", "sink", "block", "statistic", "greedy_group", "greedy_stop", "greedy_lazy", "shape"),
     "optimize": (
         "densities", "lengths", "extend", "optimizer", "time_limit", "sink", "block", "layer_baseline",
-        "duo_baseline", "grid_resolution",
+        "duo_baseline", "grid_resolution", "shape",
     ),
     "validate": ("model", "densities", "layer_baseline", "duo_baseline"),
     "evaluate": ("model", "densities", "layer_baseline", "duo_baseline", "eval_lengths", "eval_samples", "eval_tasks"),
@@ -206,6 +211,8 @@ class _Compress:
         self.manifest = Manifest.load(s.out)
         self.calib, self.valdata = s.out / "calibration.parquet", s.out / "validation.parquet"
         self.profile_files = [s.out / "profiles" / f"profile-{n}.safetensors" for n in s.lengths]
+        shaped = s.shape and s.statistic != "influence"
+        self.shape_files = [s.out / "influence" / f"profile-{n}.safetensors" for n in s.lengths] if shaped else []
         self.names = [name for name, _ in _variants(s, s.densities[0])]
 
     def stage(self, name: str, inputs: Sequence[Path], outputs: Sequence[Path], run: Callable[[], Any]) -> None:
@@ -252,7 +259,15 @@ class _Compress:
         if s.statistic == "greedy":
             args += ["--greedy-group", s.greedy_group, "--greedy-stop", s.greedy_stop]
             args += ["--greedy-lazy"] if s.greedy_lazy else []
-        self.stage("profile", [s.model, self.calib], self.profile_files, lambda: _moa(args, "profile", self.echo))
+        shape = ["profile", self.calib, "--model", s.model, "--out", self.out / "influence", "--sink", s.sink]
+        shape += ["--block", s.block, "--statistic", "influence", "--quiet"]
+
+        def run() -> None:
+            _moa(args, "profile", self.echo)
+            if self.shape_files:
+                _moa(shape, "profile", self.echo)
+
+        self.stage("profile", [s.model, self.calib], [*self.profile_files, *self.shape_files], run)
 
     def optimize(self) -> None:
         s = self.s
@@ -262,13 +277,14 @@ class _Compress:
                 for variant, extra in _variants(s, d):
                     args = ["optimize", "--profiles", *self.profile_files, "--density", d, "--extend", s.extend]
                     args += ["--time-limit", s.time_limit, "--optimizer", s.optimizer, *extra]
+                    args += [x for f in self.shape_files for x in ("--shape-by", f)]
                     # One solver thread: multi-threaded CP-SAT may return another of several equal-loss
                     # plans, and a resumed pipeline must reproduce the plan of an uninterrupted one.
                     args += ["--threads", 1, "--out", self.plan_dir(d, variant) / "plans"]
                     _moa(args, "optimize", self.echo)
 
         summaries = [self.plan_dir(d, v) / "plans" / "summary.parquet" for d in s.densities for v in self.names]
-        self.stage("optimize", self.profile_files, summaries, run)
+        self.stage("optimize", [*self.profile_files, *self.shape_files], summaries, run)
 
     def validate(self) -> None:
         s = self.s
@@ -353,7 +369,9 @@ def _report(s: CompressSettings, finals: Sequence[tuple[float, str, Path]], eval
         "",
         f"Profiled lengths {list(s.lengths)}, validation at {s.val_length}, calibration "
         + (f"records `{s.records}`" if s.records else f"task `{s.task}` ({s.samples} samples per length and task)")
-        + f", profile statistic `{s.statistic}`, optimizer `{s.optimizer}`, extend {s.extend}.",
+        + f", profile statistic `{s.statistic}`"
+        + (" shaped by the influence profile" if s.shape and s.statistic != "influence" else "")
+        + f", calibration answers `{s.answers}`, optimizer `{s.optimizer}`, extend {s.extend}.",
         "",
     ]
     check = sorted({*s.lengths, s.val_length, *(s.eval_lengths or ())})

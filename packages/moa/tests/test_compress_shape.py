@@ -1,0 +1,64 @@
+"""`moa compress --shape`: a measured profile is shaped by an influence profile of the same calibration set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import moa.pipeline as pipeline
+from moa.pipeline import CompressSettings
+
+REFERENCE = Path(__file__).resolve().parents[3] / "models" / "moa-reference"
+
+
+def _stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **settings: object) -> list[list[str]]:
+    """The moa commands the profile and optimize stages run (each writes the files it would write)."""
+    calls: list[list[str]] = []
+
+    def fake_moa(args: list[object], stage: str, echo: object) -> None:
+        words = [str(a) for a in args]
+        calls.append(words)
+        out = Path(words[words.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        if words[0] == "profile":
+            for n in (512, 1024):
+                (out / f"profile-{n}.safetensors").write_text(f"{words} {n}")
+        else:
+            (out / "summary.parquet").write_text(" ".join(words))
+
+    monkeypatch.setattr(pipeline, "_moa", fake_moa)
+    s = CompressSettings(
+        model=REFERENCE, densities=[0.5], lengths=[512, 1024], out=tmp_path, layer_baseline=False, duo_baseline=False,
+        **settings,  # type: ignore[arg-type]
+    )  # fmt: skip
+    (tmp_path / "calibration.parquet").write_text("calibration")
+    run = pipeline._Compress(s, lambda _: None)
+    run.profile()
+    run.optimize()
+    return calls
+
+
+@pytest.mark.skipif(not REFERENCE.is_dir(), reason="the reference model is not in the tree")
+def test_a_measured_statistic_is_shaped_by_influence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _stages(tmp_path, monkeypatch, statistic="greedy")
+    greedy, influence, optimize = calls
+    assert greedy[greedy.index("--statistic") + 1] == "greedy"
+    assert influence[influence.index("--statistic") + 1] == "influence"
+    assert influence[1] == greedy[1] == str(tmp_path / "calibration.parquet")  # the same calibration set
+    for flag in ("--sink", "--block"):
+        assert influence[influence.index(flag) + 1] == greedy[greedy.index(flag) + 1]
+    shaped = [optimize[i + 1] for i, word in enumerate(optimize) if word == "--shape-by"]
+    assert shaped == [str(tmp_path / "influence" / f"profile-{n}.safetensors") for n in (512, 1024)]
+    assert optimize[optimize.index("--profiles") + 1] == str(tmp_path / "profiles" / "profile-512.safetensors")
+    assert _stages(tmp_path, monkeypatch, statistic="greedy") == []  # up to date
+    # --no-shape: the measured profile alone (and the change re-runs both stages).
+    unshaped = _stages(tmp_path, monkeypatch, statistic="greedy", shape=False)
+    assert [c[0] for c in unshaped] == ["profile", "optimize"] and "--shape-by" not in unshaped[1]
+
+
+@pytest.mark.skipif(not REFERENCE.is_dir(), reason="the reference model is not in the tree")
+def test_the_influence_statistic_is_not_shaped_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _stages(tmp_path, monkeypatch, statistic="influence")
+    assert [c[0] for c in calls] == ["profile", "optimize"] and "--shape-by" not in calls[1]
+    assert not (tmp_path / "influence").exists()
