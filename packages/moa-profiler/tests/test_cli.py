@@ -310,3 +310,29 @@ def test_greedy_from_needs_the_greedy_statistic_and_a_file(tmp_path: Path, calib
         tmp_path / "nowhere.json", "-o", tmp_path / "o", "--quiet",
     )  # fmt: skip
     assert_one_sentence(code, stderr, "does not exist")
+
+
+def test_profile_gate_statistic(tmp_path: Path, calibration_file: Path, model_dir: Path):
+    """--statistic gate writes a one-window profile whose cut cost is each KV head's trained value, and the gates."""
+    common = ["--model", model_dir, "--sink", 8, "--block", 16, "--statistic", "gate", "--lengths", 96, "--quiet"]
+    code, _, stderr = run(
+        "profile", calibration_file, *common, "--gate-steps", 12, "--gate-lr", 0.1, "--gate-penalty", 0.2,
+        "-o", tmp_path / "prof",
+    )  # fmt: skip
+    assert code == 0, stderr
+    p = load_profile(tmp_path / "prof" / "profile-96.safetensors")
+    record = json.loads((tmp_path / "prof" / "profile-96.gates.json").read_text())
+    assert "gate training" in (p.notes or "") and p.num_samples == 6
+    assert (record["steps"], record["lr"], record["penalty"], record["sink"], record["block"]) == (12, 0.1, 0.2, 8, 16)
+    assert len(record["losses"]) == 12 and np.array(record["gates"]).shape == (2, 2)
+    values = {(layer, kv): v for layer, kv, v in record["values"]}
+    cut = p.window_loss(np.full((2, 2), 16.0))  # the sink + one block
+    for (layer, kv), value in values.items():
+        assert 0.0 <= value <= 0.2
+        assert cut[layer, kv] == pytest.approx(value, abs=1e-9)
+    assert (p.window_loss(np.full((2, 2), 88.0)) == 0).all()  # the whole head costs nothing
+    assert p.mean_loss == pytest.approx(sum(record["losses"]) / 12, rel=1e-6)
+    # Bad gate settings are one sentence.
+    code, _, stderr = run("profile", calibration_file, *common, "--gate-lr", 0, "-o", tmp_path / "bad")
+    assert_one_sentence(code, stderr, "--gate-lr")
+    no_files(tmp_path / "bad", "profile-96.safetensors", "profile-96.gates.json")

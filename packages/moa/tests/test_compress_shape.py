@@ -62,3 +62,16 @@ def test_the_influence_statistic_is_not_shaped_again(tmp_path: Path, monkeypatch
     calls = _stages(tmp_path, monkeypatch, statistic="influence")
     assert [c[0] for c in calls] == ["profile", "optimize"] and "--shape-by" not in calls[1]
     assert not (tmp_path / "influence").exists()
+
+
+@pytest.mark.skipif(not REFERENCE.is_dir(), reason="the reference model is not in the tree")
+def test_the_gate_statistic_reaches_moa_profile_and_is_shaped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _stages(tmp_path, monkeypatch, statistic="gate", gate_steps=40, gate_lr=0.05, gate_penalty=0.25)
+    gate, influence, optimize = calls
+    assert gate[gate.index("--statistic") + 1] == "gate"
+    assert [gate[gate.index(f) + 1] for f in ("--gate-steps", "--gate-lr", "--gate-penalty")] == ["40", "0.05", "0.25"]
+    assert "--gate-steps" not in influence and influence[influence.index("--statistic") + 1] == "influence"
+    assert "--shape-by" in optimize
+    # A gate setting is a profile setting: changing it re-runs the profile and what follows.
+    again = _stages(tmp_path, monkeypatch, statistic="gate", gate_steps=80, gate_lr=0.05, gate_penalty=0.25)
+    assert [c[0] for c in again] == ["profile", "profile", "optimize"]

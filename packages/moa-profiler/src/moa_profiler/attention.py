@@ -8,7 +8,10 @@ output so the backward pass stores ``dO = dL/do``. Outside `recording` it is pla
 `masking(layer, kv_head, window, sink)` the query heads of one KV head of one layer see only the
 sink and the last ``window`` keys (what a plan's span does to them): the ablation statistic.
 Nested `masking` blocks add up (every head named by an enclosing block is cut), which is how the
-greedy statistic measures one more cut on top of the heads it has already cut.
+greedy statistic measures one more cut on top of the heads it has already cut. Inside
+`gating(gates, window, sink)` every KV head's output is the mix ``g * full + (1 - g) * cut`` of its
+full causal attention and its sink + ``window`` attention, with ``g = gates[layer, kv_head]`` a tensor
+that may require grad: the gate statistic (`moa_profiler.gate`) learns it.
 Only unpadded batches of one sequence are profiled, so no mask is needed: the name has no entry in
 transformers' mask registry and the function applies causality itself.
 """
@@ -30,6 +33,7 @@ __all__ = [
     "PROFILE_ATTENTION",
     "LayerRecord",
     "Recorder",
+    "gating",
     "masking",
     "profiling_attention",
     "recording",
@@ -40,6 +44,8 @@ PROFILE_ATTENTION = "moa_profile"
 _ACTIVE: ContextVar[Recorder | None] = ContextVar("moa_profiler_recorder", default=None)
 # (layer, kv_head, window, sink) of every KV head whose keys are cut.
 _MASK: ContextVar[tuple[tuple[int, int, int, int], ...]] = ContextVar("moa_profiler_mask", default=())
+# (gates [L, H], window, sink) while every KV head mixes its full and its cut attention.
+_GATE: ContextVar[tuple[torch.Tensor, int, int] | None] = ContextVar("moa_profiler_gate", default=None)
 
 
 @dataclass
@@ -109,6 +115,25 @@ def masking(layer: int, kv_head: int, window: int, sink: int) -> Iterator[None]:
         _MASK.reset(token)
 
 
+@contextlib.contextmanager
+def gating(gates: torch.Tensor, window: int, sink: int) -> Iterator[None]:
+    """Within the block, each KV head (l, h) outputs ``g * full + (1 - g) * cut``, ``g = gates[l, h]``.
+
+    ``cut`` is the head's attention with the span mask of DESIGN.md (the sink + the last ``window``
+    keys), ``full`` its causal attention; the query heads of a group share their KV head's gate.
+    ``gates`` is ``[layers, kv_heads]`` and may require grad (the gate statistic trains it).
+    """
+    if window < 1 or sink < 0:
+        raise ProfilerError(f"a gated window must be >= 1 and the sink >= 0, got window {window}, sink {sink}")
+    if gates.dim() != 2:
+        raise ProfilerError(f"gates must be [layers, kv_heads], got shape {tuple(gates.shape)}")
+    token = _GATE.set((gates, window, sink))
+    try:
+        yield
+    finally:
+        _GATE.reset(token)
+
+
 def _span_mask(length: int, heads: int, group: int, cuts: list[tuple[int, int, int]], device: Any) -> torch.Tensor:
     """``[1, heads, T, T]`` boolean keep-mask: causal, and sink + window for each cut ``(kv_head, window, sink)``."""
     i = torch.arange(length, device=device)[:, None]
@@ -165,7 +190,10 @@ def profiling_attention(
     if every and layer is None:
         raise ProfilerError("the attention module has no layer_idx, so one layer's heads cannot be cut (ablation)")
     cuts = [(kv, window, sink) for at, kv, window, sink in every if layer is not None and at == int(layer)]
-    if cuts:
+    gate = _GATE.get()
+    if gate is not None:
+        out = _gated(query, k, v, scale, gate, layer, kv_heads, group)
+    elif cuts:
         bad = [kv for kv, _, _ in cuts if not 0 <= kv < kv_heads]
         if bad:
             raise ProfilerError(f"layer {layer} has {kv_heads} KV heads, no KV head {bad[0]}")
@@ -180,6 +208,34 @@ def profiling_attention(
             raise ProfilerError(f"profiling records one sequence at a time, got a batch of {query.shape[0]}")
         recorder.capture(len(recorder.layers) if layer is None else int(layer), query, key, value, out, scale)
     return out, None
+
+
+def _gated(
+    query: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    gate: tuple[torch.Tensor, int, int],
+    layer: Any,
+    kv_heads: int,
+    group: int,
+) -> torch.Tensor:
+    """``[B, HQ, T, D]``: per KV head, its gate times full causal attention plus the rest times its cut attention."""
+    gates, window, sink = gate
+    if layer is None:
+        raise ProfilerError("the attention module has no layer_idx, so its heads cannot be gated")
+    if _MASK.get():
+        raise ProfilerError("gating and masking cannot be combined in one forward pass")
+    if gates.shape[1] != kv_heads or not 0 <= int(layer) < gates.shape[0]:
+        raise ProfilerError(f"gates of shape {tuple(gates.shape)} do not fit layer {layer} with {kv_heads} KV heads")
+    length = query.shape[2]
+    full = F.scaled_dot_product_attention(query, k, v, is_causal=length > 1, scale=scale)
+    if length <= sink + window:
+        return full  # the cut sees every key: both outputs are the same
+    mask = _span_mask(length, query.shape[1], group, [(kv, window, sink) for kv in range(kv_heads)], query.device)
+    cut = F.scaled_dot_product_attention(query, k, v, attn_mask=mask, scale=scale)
+    g = gates[int(layer)].to(device=query.device, dtype=query.dtype).repeat_interleave(group)[None, :, None, None]
+    return cut + g * (full - cut)
 
 
 def register_profiling_attention() -> str:

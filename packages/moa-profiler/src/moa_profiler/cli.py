@@ -236,13 +236,15 @@ def calibrate(
 @click.option("--block-map/--no-block-map", default=False, show_default=True, help="Also store the 2-D block map.")
 @click.option(
     "--statistic",
-    type=click.Choice(["influence", "ablation", "greedy"]),
+    type=click.Choice(["influence", "ablation", "greedy", "gate"]),
     default="influence",
     show_default=True,
     help="influence: MoA's first-order |E| (one backward per sample). ablation: the measured loss of cutting "
     "each KV head to sink + window (layers x KV heads x --ablation-points forwards per sample; small models). "
     "greedy: cut heads to sink + one block cheapest first, measuring each cut on top of the cuts before it "
-    "(captures heads that only matter together; see --greedy-group, --greedy-stop).",
+    "(captures heads that only matter together; see --greedy-group, --greedy-stop). "
+    "gate: train one gate per KV head between its full and its sink + one block attention, under a growing "
+    "L1 penalty (DuoAttention's training; --gate-steps forward+backward passes in all; see --gate-penalty).",
 )
 @click.option(
     "--greedy-group",
@@ -272,6 +274,24 @@ def calibrate(
     "--out): with a larger --greedy-stop it goes on where that search stopped; with one already reached it "
     "rebuilds the profile without a forward pass. Same samples, sink and block.",
 )
+@click.option(
+    "--gate-steps",
+    type=click.IntRange(min=1),
+    default=300,
+    show_default=True,
+    help="Training steps of --statistic gate (one sample each, cycled).",
+)
+@click.option(
+    "--gate-lr", type=click.FloatRange(0, min_open=True), default=0.02, show_default=True, help="Adam learning rate."
+)
+@click.option(
+    "--gate-penalty",
+    type=click.FloatRange(0),
+    default=0.5,
+    show_default=True,
+    help="L1 penalty on the gates at the last step, nats per open KV head (it grows geometrically from 1/256 of it).",
+)
+@click.option("--gate-seed", type=int, default=0, show_default=True, help="Seed of the sample order.")
 @click.option(
     "--ablation-points",
     type=click.IntRange(min=1),
@@ -310,6 +330,10 @@ def profile(
     greedy_stop: float,
     greedy_lazy: bool,
     greedy_from: Path | None,
+    gate_steps: int,
+    gate_lr: float,
+    gate_penalty: float,
+    gate_seed: int,
     ablation_points: int,
     max_samples: int | None,
     chunk_elements: int | None,
@@ -378,6 +402,10 @@ def profile(
             greedy_group=greedy_group,
             greedy_stop=greedy_stop,
             greedy_lazy=greedy_lazy,
+            gate_steps=gate_steps,
+            gate_lr=gate_lr,
+            gate_penalty=gate_penalty,
+            gate_seed=gate_seed,
         ),
         checkpoint_dir=checkpoint_dir or out / ".checkpoints",
         checkpoint_every=checkpoint_every,

@@ -78,6 +78,7 @@ def _key(
             + ([s.statistic, s.ablation_points] if s.statistic != "influence" else [])
             + ([s.greedy_group, s.greedy_stop] if s.statistic == "greedy" else [])
             + (["lazy"] if s.statistic == "greedy" and s.greedy_lazy else [])
+            + ([s.gate_steps, s.gate_lr, s.gate_penalty, s.gate_seed] if s.statistic == "gate" else [])
         ).encode()
     )
     return digest.hexdigest()
@@ -139,6 +140,9 @@ def profile_length(
     if s.statistic == "greedy":
         _greedy(model, fingerprint, mine, sums, settings, world, device, ckpt, key, length, out)
         return _finish(fingerprint, length, sums, out, settings, world, device, started, None)
+    if s.statistic == "gate":
+        _gate(model, fingerprint, mine, sums, settings, world, device, ckpt, key, length, out)
+        return _finish(fingerprint, length, sums, out, settings, world, device, started, None)
     if sums.done:
         logger.info("length %d rank %d: resuming after %d samples", length, world.rank, len(sums.done))
     _accumulate(model, mine, sums, settings, world, device, ckpt, key, f"profile {length}")
@@ -195,6 +199,61 @@ def _greedy(
         atomic_write_text(out.with_name(out.stem + ".greedy.json"), json.dumps(record) + "\n")
     if ckpt is not None:
         ckpt.with_suffix(".greedy.json").unlink(missing_ok=True)
+
+
+def _gate(
+    model: torch.nn.Module,
+    fp: ModelFingerprint,
+    mine: Sequence[CalibrationSample],
+    sums: PartialSums,
+    settings: RunSettings,
+    world: World,
+    device: torch.device,
+    ckpt: Path | None,
+    key: str,
+    length: int,
+    out: Path,
+) -> None:
+    """Train the gates on all samples at once (one run, not a per-sample sum): one rank only."""
+    from moa_profiler.gate import train_gates
+    from moa_profiler.greedy import GreedyPath, ablation_histogram
+
+    if world.size > 1:
+        raise ProfilerError("the gate statistic trains on all samples together; run it in one process, not torchrun")
+    s = settings.influence
+    samples = [(torch.tensor(x.input_ids, dtype=torch.long, device=device), x.answer_start, x.answer_end) for x in mine]
+    show = settings.progress and world.is_main
+    run = train_gates(
+        model,
+        samples,
+        s,
+        checkpoint=None if ckpt is None else ckpt.with_suffix(".gate.json"),
+        key=key,
+        progress=(lambda m: tqdm.write(m)) if show else (lambda m: logger.info("%s", m)),
+    )
+    order = sorted(run.values, key=lambda h: (run.values[h], h))
+    path = GreedyPath(run.values, order, run.losses[:1])
+    hist = ablation_histogram(path, fp.num_layers, fp.num_attention_heads, fp.num_key_value_heads, length, s)
+    count = len(samples)
+    sums.hist = hist * count
+    sums.loss = sum(run.losses) / len(run.losses) * count
+    sums.done = [x.sample_id for x in mine]
+    if world.is_main:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        record = {
+            **run.to_json(),
+            "length": length,
+            "sink": s.sink,
+            "block": s.block,
+            "samples": _samples_digest(mine),
+            "steps": s.gate_steps,
+            "lr": s.gate_lr,
+            "penalty": s.gate_penalty,
+            "seed": s.gate_seed,
+        }
+        atomic_write_text(out.with_name(out.stem + ".gates.json"), json.dumps(record) + "\n")
+    if ckpt is not None:
+        ckpt.with_suffix(".gate.json").unlink(missing_ok=True)
 
 
 def _accumulate(
@@ -266,6 +325,9 @@ def _finish(
         f"(ablation, up to {s.ablation_points} windows per head), as a distance histogram",
         "greedy": "moa-profiler: greedy search, each KV head's measured marginal answer-loss increase of being cut to "
         "the sink + one block on top of the heads cut before it, as a one-window distance histogram",
+        "gate": "moa-profiler: gate training, each KV head's price of being cut to the sink + one block (the L1 "
+        f"penalty its gate withstood, growing to {s.gate_penalty} nats/head over {s.gate_steps} steps), as a "
+        "one-window distance histogram; mean_loss is the mean answer loss over the steps",
     }
     profile = Profile(
         model=fp,

@@ -32,7 +32,7 @@ __all__ = [
     "profile_sample",
 ]
 
-STATISTICS = ("influence", "ablation", "greedy")
+STATISTICS = ("influence", "ablation", "greedy", "gate")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +53,11 @@ class InfluenceSettings:
         greedy_stop: Fraction of the KV heads the ``greedy`` search cuts before it stops.
         greedy_lazy: From the second greedy round on, measure only the heads whose previous marginal
             could still make them among the cheapest (see `moa_profiler.greedy`).
+        gate_steps: Training steps of the ``gate`` statistic (one sample each), see `moa_profiler.gate`.
+        gate_lr: Adam learning rate of the gates.
+        gate_penalty: The L1 penalty on the gates at the last step, in nats per open KV head (it grows geometrically
+            from 1/256 of it).
+        gate_seed: Seed of the order in which the gate training visits the samples.
     """
 
     sink: int = 64
@@ -65,6 +70,10 @@ class InfluenceSettings:
     greedy_group: int = 0
     greedy_stop: float = 0.75
     greedy_lazy: bool = False
+    gate_steps: int = 300
+    gate_lr: float = 0.02
+    gate_penalty: float = 0.5
+    gate_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.statistic not in STATISTICS:
@@ -76,6 +85,11 @@ class InfluenceSettings:
         if not 0 < self.greedy_stop < 1 or self.greedy_group < 0:
             raise ProfilerError(
                 f"greedy_stop must lie in (0, 1) and greedy_group be >= 0, got {self.greedy_stop}, {self.greedy_group}"
+            )
+        if self.gate_steps < 1 or not self.gate_lr > 0 or not self.gate_penalty >= 0:
+            raise ProfilerError(
+                f"gate_steps must be positive, gate_lr > 0 and gate_penalty >= 0, got {self.gate_steps}, "
+                f"{self.gate_lr}, {self.gate_penalty}"
             )
         if self.ablation_points < 1:
             raise ProfilerError(f"ablation_points must be positive, got {self.ablation_points}")

@@ -386,11 +386,33 @@ def validate(
 @click.option("--block", type=click.IntRange(min=1), default=64, show_default=True, help="Block size B of the plans.")
 @click.option(
     "--statistic",
-    type=click.Choice(["influence", "ablation", "greedy"]),
+    type=click.Choice(["influence", "ablation", "greedy", "gate"]),
     default="influence",
     show_default=True,
     help="Profile statistic (see moa profile --help): MoA's first-order influence, measured one-head cuts "
-    "(ablation) or the greedy search of measured cuts on top of each other (greedy).",
+    "(ablation), the greedy search of measured cuts on top of each other (greedy) or gates trained between "
+    "each head's full and cut attention under a growing L1 penalty (gate, DuoAttention's training).",
+)
+@click.option(
+    "--gate-steps",
+    type=click.IntRange(min=1),
+    default=300,
+    show_default=True,
+    help="Gate statistic: training steps (one calibration sample each).",
+)
+@click.option(
+    "--gate-lr",
+    type=click.FloatRange(0, min_open=True),
+    default=0.02,
+    show_default=True,
+    help="Gate statistic: Adam lr.",
+)
+@click.option(
+    "--gate-penalty",
+    type=click.FloatRange(0),
+    default=0.5,
+    show_default=True,
+    help="Gate statistic: L1 penalty at the last step, nats per open KV head (grows geometrically from 1/256 of it).",
 )
 @click.option(
     "--greedy-group",
@@ -417,7 +439,7 @@ def validate(
     "--shape/--no-shape",
     default=True,
     show_default=True,
-    help="With --statistic ablation or greedy, also profile MoA's influence on the same calibration set and "
+    help="With --statistic ablation, greedy or gate, also profile MoA's influence on the same calibration set and "
     "shape each head's measured cut cost by it (moa optimize --shape-by).",
 )
 @click.option(
@@ -467,6 +489,9 @@ def compress(
     greedy_group: int,
     greedy_stop: float,
     greedy_lazy: bool,
+    gate_steps: int,
+    gate_lr: float,
+    gate_penalty: float,
     shape: bool,
     grid_resolution: int,
     out: Path,
@@ -507,6 +532,9 @@ def compress(
         greedy_group=greedy_group,
         greedy_stop=greedy_stop,
         greedy_lazy=greedy_lazy,
+        gate_steps=gate_steps,
+        gate_lr=gate_lr,
+        gate_penalty=gate_penalty,
         shape=shape,
         grid_resolution=grid_resolution,
         out=out,

@@ -67,8 +67,12 @@ class CompressSettings:
     greedy_group: int = 0
     greedy_stop: float = 0.75
     greedy_lazy: bool = False
-    # With a measured statistic (ablation, greedy), also profile MoA's influence on the same calibration set
-    # and let the optimizer shape each head's measured cut cost by it (`moa optimize --shape-by`): the
+    # The gate statistic's training steps, Adam learning rate and last L1 penalty (nats per open KV head).
+    gate_steps: int = 300
+    gate_lr: float = 0.02
+    gate_penalty: float = 0.5
+    # With a measured or trained statistic (ablation, greedy, gate), also profile MoA's influence on the same
+    # calibration set and let the optimizer shape each head's measured cut cost by it (`moa optimize --shape-by`): the
     # measured profile says how much a head's cut costs, the influence profile how that cost falls as its
     # window grows (the shaped plans of RESULTS.md).
     shape: bool = True
@@ -193,7 +197,10 @@ _STAGE_SETTINGS = {
         "model", "task", "records", "validation_records", "template", "max_new_tokens", "validation_samples",
         "val_length", "answers",
     ),
-    "profile": ("model", "sink", "block", "statistic", "greedy_group", "greedy_stop", "greedy_lazy", "shape"),
+    "profile": (
+        "model", "sink", "block", "statistic", "greedy_group", "greedy_stop", "greedy_lazy", "gate_steps", "gate_lr",
+        "gate_penalty", "shape",
+    ),
     "optimize": (
         "densities", "lengths", "extend", "optimizer", "time_limit", "sink", "block", "layer_baseline",
         "duo_baseline", "grid_resolution", "shape",
@@ -259,6 +266,8 @@ class _Compress:
         if s.statistic == "greedy":
             args += ["--greedy-group", s.greedy_group, "--greedy-stop", s.greedy_stop]
             args += ["--greedy-lazy"] if s.greedy_lazy else []
+        if s.statistic == "gate":
+            args += ["--gate-steps", s.gate_steps, "--gate-lr", s.gate_lr, "--gate-penalty", s.gate_penalty]
         shape = ["profile", self.calib, "--model", s.model, "--out", self.out / "influence", "--sink", s.sink]
         shape += ["--block", s.block, "--statistic", "influence", "--quiet"]
 
