@@ -49,13 +49,15 @@ test-gpu: setup ## GPU tests (needs CUDA)
 	$(BIN)/python -m pytest -q -m gpu; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 DEMO_OUT ?= runs/demo
-# The real model at small lengths: calibrate on `facts` (far facts in the calibration essays, answered by the
-# model), profile at 1024, plans at 50% and 25% constrained up to 8x (8192), validate at 1536, then NIAH and the
-# standard passkey (evaluation essays only) at 1024 and 2048, dense vs uniform vs MoA.
-DEMO_ARGS := --model models/smollm2-135m-instruct --task facts --template plain --max-new-tokens 8 \
-	--lengths 1024 --samples 4 --validation-samples 4 --density 0.5,0.25 --extend 8x \
-	--eval-tasks niah,passkey-en --eval-lengths 1024,2048 --eval-samples 5 --no-layer-baseline --no-duo-baseline
-demo: assets ## moa compress on SmolLM2-135M-Instruct at 1k + dense/uniform/MoA NIAH and passkey (about 13 min)
+# The real model at small lengths: calibrate on four recall tasks in the calibration essays (facts, quotes, items,
+# codes; 4 prompts each, their reference answers), train one gate per KV head (the gate statistic, 60 steps), shape
+# it by the influence profile, plans at 50% and 25% constrained up to 8x (8192), validate at 1536, then NIAH and the
+# standard passkey (evaluation essays only) at 1024, dense vs uniform vs MoA.
+DEMO_ARGS := --model models/smollm2-135m-instruct --task facts,quotes,items,codes --answers reference --template plain \
+	--max-new-tokens 8 --lengths 1024 --samples 4 --validation-samples 1 --statistic gate --gate-steps 60 \
+	--gate-lr 0.08 --density 0.5,0.25 --extend 8x --eval-tasks niah,passkey-en --eval-lengths 1024 --eval-samples 10 \
+	--no-layer-baseline --no-duo-baseline
+demo: assets ## moa compress on SmolLM2-135M-Instruct at 1k (gate statistic) + dense/uniform/MoA NIAH and passkey (about 12 min)
 	$(BIN)/moa compress $(DEMO_ARGS) --out $(DEMO_OUT)
 	@cat $(DEMO_OUT)/report.md
 
@@ -68,14 +70,25 @@ demo-reference: setup ## moa compress on the reference model (influence and abla
 	@cat runs/demo-reference/report.md runs/demo-reference-ablation/report.md
 
 EXPERIMENT_OUT ?= runs/experiment
-# The full comparison on SmolLM2 (see RESULTS.md): the greedy statistic, MoA vs uniform, per-layer and
-# DuoAttention-style plans at 50% and 25%, NIAH and passkey at 2048 and 4096.
-EXPERIMENT_ARGS := --model models/smollm2-135m-instruct --task facts --template plain --max-new-tokens 8 \
-	--lengths 1024 --samples 4 --validation-samples 4 --statistic greedy --greedy-stop 0.134 --density 0.5,0.25 \
-	--extend 8x --sink 64 --block 64 --eval-tasks niah,passkey-en --eval-lengths 4096 --eval-samples 10
-experiment: assets ## The SmolLM2 comparison of RESULTS.md (measured greedy profile, all baselines; hours on 2 cores)
-	$(BIN)/moa compress $(EXPERIMENT_ARGS) --out $(EXPERIMENT_OUT)
-	@cat $(EXPERIMENT_OUT)/report.md
+# The gate-statistic table of RESULTS.md on SmolLM2: 64 calibration prompts (16 each of facts, quotes, items, codes;
+# reference answers), gates trained 240 steps at 1024, shaped by the influence of the first 16 prompts, MoA at 50% and
+# 25% (up to 8x), NIAH and passkey at 1k/2k/4k beside dense and uniform windows. About 75 min on 2 cores.
+EXPERIMENT_CALIB := --model models/smollm2-135m-instruct --task facts,quotes,items,codes --lengths 1024 \
+	--max-new-tokens 8 --template plain --seed 3 --answers reference --quiet
+EXPERIMENT_GRID := --extend 8x --alphas 0,128 --betas 0,0.125,0.25,0.375,0.5,0.625,0.75,0.875,1 --threads 1
+experiment: assets ## The SmolLM2 gate-statistic table of RESULTS.md (MoA vs dense and uniform at 1k-4k; ~75 min on 2 cores)
+	$(BIN)/moa calibrate $(EXPERIMENT_CALIB) --num-samples 4 --out $(EXPERIMENT_OUT)/ref16/calibration.parquet
+	$(BIN)/moa calibrate $(EXPERIMENT_CALIB) --num-samples 16 --out $(EXPERIMENT_OUT)/ref64/calibration.parquet
+	$(BIN)/moa profile $(EXPERIMENT_OUT)/ref16/calibration.parquet --model models/smollm2-135m-instruct --quiet \
+		--statistic influence --out $(EXPERIMENT_OUT)/ref16/influence
+	$(BIN)/moa profile $(EXPERIMENT_OUT)/ref64/calibration.parquet --model models/smollm2-135m-instruct --quiet \
+		--statistic gate --gate-steps 240 --gate-lr 0.025 --gate-penalty 0.5 --out $(EXPERIMENT_OUT)/ref64/gate
+	for d in 0.5 0.25; do $(BIN)/moa optimize --profiles $(EXPERIMENT_OUT)/ref64/gate/profile-1024.safetensors \
+		--shape-by $(EXPERIMENT_OUT)/ref16/influence/profile-1024.safetensors --density $$d $(EXPERIMENT_GRID) \
+		--out $(EXPERIMENT_OUT)/gate-$$d || exit 1; done
+	$(BIN)/moa eval retrieval --model models/smollm2-135m-instruct --plan dense --plan uniform:0.5 --plan uniform:0.25 \
+		--plan moa-0.5=$(EXPERIMENT_OUT)/gate-0.5/plan_00.json --plan moa-0.25=$(EXPERIMENT_OUT)/gate-0.25/plan_00.json \
+		--tasks niah,passkey-en --lengths 1024,2048,4096 --samples 10 --out $(EXPERIMENT_OUT)/eval
 
 SMOLLM2_PLANS := --plan moa-0.5=plans/smollm2-135m-instruct/moa-measured-proportional-0.5.json \
 	--plan moa-0.25=plans/smollm2-135m-instruct/moa-measured-proportional-0.25.json
