@@ -355,7 +355,7 @@ def test_greedy_path_equals_a_brute_force_greedy_on_explicit_masks(setup, tmp_pa
     again = greedy_path(model, samples, settings, checkpoint=tmp_path / "g.json", key="k")
     assert again.order == path.order and again.values == path.values
     # As a profile: tail sums at distances <= block give each head's (clipped) marginal, split over its query heads.
-    hist = ablation_histogram(path, 2, 8, 4, length, settings)
+    hist = ablation_histogram(path.values, 2, 8, 4, length, settings)
     for (layer, kv), value in values.items():
         assert float(hist[layer, 2 * kv : 2 * kv + 2, 8:].sum()) == pytest.approx(max(value, 0.0), abs=1e-9)
 

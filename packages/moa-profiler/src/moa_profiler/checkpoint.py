@@ -1,5 +1,8 @@
 """Atomic checkpoints of partial influence sums, so a killed run restarts where it stopped.
 
+(The greedy search and the gate training, which are not sums over samples, keep their state in a JSON file
+instead, read back by `load_state`.)
+
 One safetensors file per (length, rank): float64 sums and, in the metadata, the ids of the
 samples already summed, the loss sum and a key of the run settings. Sums and ids are written
 in one atomic rename, so they always agree: a sample is either in both or in neither.
@@ -8,15 +11,37 @@ in one atomic rename, so they always agree: a sample is either in both or in nei
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from moa_plan import atomic_write
 from moa_profiler.errors import ProfilerError
 
-__all__ = ["PartialSums", "load_checkpoint", "save_checkpoint"]
+__all__ = ["PartialSums", "load_checkpoint", "load_state", "save_checkpoint"]
+
+
+logger = logging.getLogger(__name__)
+
+
+def load_state(checkpoint: Path | None, key: str, what: str) -> dict[str, Any]:
+    """The JSON state saved under ``key`` at ``checkpoint`` ({} if there is none, it is unreadable, or of another run).
+
+    ``what`` names the run in the warning about a checkpoint of another run ("greedy", "gate").
+    """
+    if checkpoint is None or not checkpoint.is_file():
+        return {}
+    try:
+        data = json.loads(checkpoint.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    if not isinstance(data, dict) or data.get("key") != key:
+        logger.warning("ignoring %s checkpoint %s of another run", what, checkpoint)
+        return {}
+    return data
 
 
 @dataclass

@@ -22,7 +22,6 @@ the step it was in and gives the same gates as an uninterrupted one.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -33,12 +32,11 @@ import torch
 
 from moa_plan import atomic_write_text
 from moa_profiler.attention import gating
+from moa_profiler.checkpoint import load_state
 from moa_profiler.errors import ProfilerError
 from moa_profiler.sample import InfluenceSettings, answer_loss
 
 __all__ = ["GateRun", "penalty_at", "train_gates"]
-
-logger = logging.getLogger(__name__)
 
 Sample = tuple[torch.Tensor, int, int]
 
@@ -100,7 +98,7 @@ def train_gates(
     area = torch.zeros(layers, kv_heads, dtype=torch.float64)  # the penalty each gate withstood so far
     losses: list[float] = []
     optimizer = torch.optim.Adam([gates.requires_grad_(True)], lr=settings.gate_lr)
-    state = _load(checkpoint, key)
+    state = load_state(checkpoint, key, "gate")
     if state:
         with torch.no_grad():
             gates.copy_(torch.tensor(state["gates"], dtype=torch.float32))
@@ -152,19 +150,6 @@ def _order(count: int, steps: int, seed: int) -> list[int]:
         rng.shuffle(epoch)
         order += epoch
     return order[:steps]
-
-
-def _load(checkpoint: Path | None, key: str) -> dict[str, Any]:
-    if checkpoint is None or not checkpoint.is_file():
-        return {}
-    try:
-        data = json.loads(checkpoint.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    if data.get("key") != key:
-        logger.warning("ignoring gate checkpoint %s of another run", checkpoint)
-        return {}
-    return data  # type: ignore[no-any-return]
 
 
 def _save(

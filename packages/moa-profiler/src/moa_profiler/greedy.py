@@ -26,7 +26,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ import torch
 
 from moa_plan import atomic_write_text
 from moa_profiler.attention import masking
+from moa_profiler.checkpoint import load_state
 from moa_profiler.errors import ProfilerError
 from moa_profiler.sample import InfluenceSettings, Reuse, answer_loss, decoder_layers
 
@@ -90,7 +91,7 @@ def greedy_path(
     group = settings.greedy_group or max(1, math.ceil(len(everyone) / 8))
     target = min(len(everyone) - 1, round(settings.greedy_stop * len(everyone)))
     window, sink = settings.block, settings.sink
-    state: dict[str, Any] = _load(checkpoint, key) or (start.to_json() if start is not None else {})
+    state: dict[str, Any] = load_state(checkpoint, key, "greedy") or (start.to_json() if start is not None else {})
     values = {(int(h[0]), int(h[1])): float(h[2]) for h in state.get("values", [])}
     order = [(int(h[0]), int(h[1])) for h in state.get("order", [])]
     losses = [float(x) for x in state.get("losses", [])]
@@ -179,9 +180,15 @@ def _lazy_round(
 
 
 def ablation_histogram(
-    path: GreedyPath, layers: int, heads: int, kv_heads: int, length: int, settings: InfluenceSettings
+    values: Mapping[tuple[int, int], float],
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    length: int,
+    settings: InfluenceSettings,
 ) -> torch.Tensor:
-    """``[L, HQ, T - S]`` histogram: each KV head's marginal (>= 0) at window ``block``, tapering to 0 at ``T - S``.
+    """``[L, HQ, T - S]`` histogram: each KV head's value (a greedy marginal, a gate's price; >= 0) at window ``block``,
+    tapering to 0 at ``T - S``.
 
     Tail sums from any distance ``d <= block`` give the head's value; wider windows cost linearly
     less, down to 0 for the whole head (as a one-window ablation profile).
@@ -190,7 +197,7 @@ def ablation_histogram(
     group = heads // kv_heads
     hist = torch.zeros(layers, heads, keys, dtype=torch.float64)
     w = min(settings.block, keys - 1)
-    for (layer, kv), value in path.values.items():
+    for (layer, kv), value in values.items():
         hist[layer, kv * group : (kv + 1) * group, w:] = max(value, 0.0) / (group * (keys - w))
     return hist
 
@@ -234,19 +241,6 @@ def load_greedy_path(file: Path, *, layers: int, kv_heads: int, expect: dict[str
         elif got != want:
             raise ProfilerError(f"{file} was measured with {name} {got}, not {want}")
     return GreedyPath(values, order, losses)
-
-
-def _load(checkpoint: Path | None, key: str) -> dict[str, Any]:
-    if checkpoint is None or not checkpoint.is_file():
-        return {}
-    try:
-        data = json.loads(checkpoint.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    if data.get("key") != key:
-        logger.warning("ignoring greedy checkpoint %s of another run", checkpoint)
-        return {}
-    return data  # type: ignore[no-any-return]
 
 
 def _save(checkpoint: Path | None, key: str, path: GreedyPath) -> None:

@@ -187,7 +187,7 @@ def _greedy(
         start=start,
     )
     hist = ablation_histogram(
-        path, fp.num_layers, fp.num_attention_heads, fp.num_key_value_heads, length, settings.influence
+        path.values, fp.num_layers, fp.num_attention_heads, fp.num_key_value_heads, length, settings.influence
     )
     count = len(samples)
     sums.hist = hist * count
@@ -216,7 +216,7 @@ def _gate(
 ) -> None:
     """Train the gates on all samples at once (one run, not a per-sample sum): one rank only."""
     from moa_profiler.gate import train_gates
-    from moa_profiler.greedy import GreedyPath, ablation_histogram
+    from moa_profiler.greedy import ablation_histogram
 
     if world.size > 1:
         raise ProfilerError("the gate statistic trains on all samples together; run it in one process, not torchrun")
@@ -231,9 +231,7 @@ def _gate(
         key=key,
         progress=(lambda m: tqdm.write(m)) if show else (lambda m: logger.info("%s", m)),
     )
-    order = sorted(run.values, key=lambda h: (run.values[h], h))
-    path = GreedyPath(run.values, order, run.losses[:1])
-    hist = ablation_histogram(path, fp.num_layers, fp.num_attention_heads, fp.num_key_value_heads, length, s)
+    hist = ablation_histogram(run.values, fp.num_layers, fp.num_attention_heads, fp.num_key_value_heads, length, s)
     count = len(samples)
     sums.hist = hist * count
     sums.loss = sum(run.losses) / len(run.losses) * count
