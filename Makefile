@@ -72,11 +72,12 @@ demo-reference: setup ## moa compress on the reference model (influence and abla
 EXPERIMENT_OUT ?= runs/experiment
 # The gate-statistic table of RESULTS.md on SmolLM2: 64 calibration prompts (16 each of facts, quotes, items, codes;
 # reference answers), gates trained 240 steps at 1024, shaped by the influence of the first 16 prompts, MoA at 50% and
-# 25% (up to 8x), NIAH and passkey at 1k/2k/4k beside dense and uniform windows. About 75 min on 2 cores.
+# 25% (up to 8x), NIAH and passkey at 1k/2k/4k beside dense and uniform windows. Roughly 65-75 min on 2 cores
+# (estimated from its commands' times, RESULTS.md; not run as one target).
 EXPERIMENT_CALIB := --model models/smollm2-135m-instruct --task facts,quotes,items,codes --lengths 1024 \
 	--max-new-tokens 8 --template plain --seed 3 --answers reference --quiet
 EXPERIMENT_GRID := --extend 8x --alphas 0,128 --betas 0,0.125,0.25,0.375,0.5,0.625,0.75,0.875,1 --threads 1
-experiment: assets ## The SmolLM2 gate-statistic table of RESULTS.md (MoA vs dense and uniform at 1k-4k; ~75 min on 2 cores)
+experiment: assets ## The SmolLM2 gate-statistic table of RESULTS.md (MoA vs dense and uniform at 1k-4k; ~70 min on 2 cores, estimated)
 	$(BIN)/moa calibrate $(EXPERIMENT_CALIB) --num-samples 4 --out $(EXPERIMENT_OUT)/ref16/calibration.parquet
 	$(BIN)/moa calibrate $(EXPERIMENT_CALIB) --num-samples 16 --out $(EXPERIMENT_OUT)/ref64/calibration.parquet
 	$(BIN)/moa profile $(EXPERIMENT_OUT)/ref16/calibration.parquet --model models/smollm2-135m-instruct --quiet \

@@ -172,7 +172,7 @@ def test_training_equals_a_hand_written_adam_and_resumes_exactly(setup, tmp_path
     assert torch.equal(again.gates, run.gates)
 
 
-def test_a_large_penalty_shuts_every_gate_and_none_keeps_them_open(setup):
+def test_a_large_penalty_shuts_every_gate(setup):
     model, samples = setup
     shut = train_gates(
         model,
@@ -180,11 +180,6 @@ def test_a_large_penalty_shuts_every_gate_and_none_keeps_them_open(setup):
         InfluenceSettings(sink=SINK, block=WINDOW, statistic="gate", gate_steps=30, gate_lr=0.2, gate_penalty=100.0),
     )
     assert float(shut.gates.max()) == 0.0
-    # With no penalty a head's value (the penalty it withstood) is 0 whatever its gate.
-    free = train_gates(
-        model, samples, InfluenceSettings(sink=SINK, block=WINDOW, statistic="gate", gate_steps=4, gate_penalty=0.0)
-    )
-    assert all(v == 0.0 for v in free.values.values())
 
 
 def test_gate_settings_and_errors(setup):

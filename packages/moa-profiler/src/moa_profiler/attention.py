@@ -232,7 +232,7 @@ def _gated(
     full = F.scaled_dot_product_attention(query, k, v, is_causal=length > 1, scale=scale)
     if length <= sink + window:
         return full  # the cut sees every key: both outputs are the same
-    mask = _span_mask(length, query.shape[1], group, [(kv, window, sink) for kv in range(kv_heads)], query.device)
+    mask = _span_mask(length, 1, 1, [(0, window, sink)], query.device)  # every head is cut alike: one broadcast mask
     cut = F.scaled_dot_product_attention(query, k, v, attn_mask=mask, scale=scale)
     g = gates[int(layer)].to(device=query.device, dtype=query.dtype).repeat_interleave(group)[None, :, None, None]
     return cut + g * (full - cut)

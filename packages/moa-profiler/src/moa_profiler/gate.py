@@ -9,13 +9,13 @@ geometrically over the ``gate_steps`` steps, from ``gate_penalty / 256`` to ``ga
 head (`penalty_at`), so each head's gate closes at the price its answers put on it: a head nothing
 needs closes at once, one the answers lean on stays open until the penalty outweighs it. A head's
 value is the penalty it withstood, ``sum_t g_t x (lambda_t - lambda_{t-1})``: for a gate that stays
-open until the penalty reaches ``lambda_c`` and then shuts, ``lambda_c`` (nats), the price of cutting it. Unlike the one-head
-ablation the gates are learnt *together* (a head that only matters when others are cut stays open),
+open until the penalty reaches ``lambda_c`` and then shuts, ``lambda_c`` (nats), the price of cutting
+it. Unlike the one-head ablation the gates are learnt *together* (a head that only matters when others are cut stays open),
 and unlike the greedy search the cost does not grow with the number of heads: one forward (two
 attentions per layer) and one backward per step, with one sample per step (cycled in a seeded
 order). The optimizer gets the values as a one-window ablation profile (`ablation_histogram`).
 
-Steps are checkpointed (gates, Adam moments, mean-gate sums, losses), so an interrupted run resumes at
+Steps are checkpointed (gates, Adam moments, the penalty each gate withstood so far, losses), so an interrupted run resumes at
 the step it was in and gives the same gates as an uninterrupted one.
 """
 
@@ -26,7 +26,6 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -34,7 +33,7 @@ from moa_plan import atomic_write_text
 from moa_profiler.attention import gating
 from moa_profiler.checkpoint import load_state
 from moa_profiler.errors import ProfilerError
-from moa_profiler.sample import InfluenceSettings, answer_loss
+from moa_profiler.sample import InfluenceSettings, answer_loss, head_counts
 
 __all__ = ["GateRun", "penalty_at", "train_gates"]
 
@@ -90,9 +89,7 @@ def train_gates(
     """
     if not samples:
         raise ProfilerError("the gate statistic needs at least one calibration sample")
-    config: Any = getattr(model, "config")  # noqa: B009 - nn.Module types attributes as Tensor | Module
-    layers, heads = int(config.num_hidden_layers), int(config.num_attention_heads)
-    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    layers, _, kv_heads = head_counts(model)
     steps, penalty = settings.gate_steps, settings.gate_penalty
     gates = torch.ones(layers, kv_heads, dtype=torch.float32)
     area = torch.zeros(layers, kv_heads, dtype=torch.float64)  # the penalty each gate withstood so far

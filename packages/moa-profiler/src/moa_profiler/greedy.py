@@ -36,7 +36,7 @@ from moa_plan import atomic_write_text
 from moa_profiler.attention import masking
 from moa_profiler.checkpoint import load_state
 from moa_profiler.errors import ProfilerError
-from moa_profiler.sample import InfluenceSettings, Reuse, answer_loss, decoder_layers
+from moa_profiler.sample import InfluenceSettings, Reuse, answer_loss, decoder_layers, head_counts
 
 __all__ = ["GreedyPath", "ablation_histogram", "greedy_path", "load_greedy_path"]
 
@@ -84,9 +84,7 @@ def greedy_path(
     Raises:
         ProfilerError: if a loss is not finite or the checkpoint belongs to another run.
     """
-    config: Any = getattr(model, "config")  # noqa: B009 - nn.Module types attributes as Tensor | Module
-    layers, heads = int(config.num_hidden_layers), int(config.num_attention_heads)
-    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    layers, _, kv_heads = head_counts(model)
     everyone = [(layer, kv) for layer in range(layers) for kv in range(kv_heads)]
     group = settings.greedy_group or max(1, math.ceil(len(everyone) / 8))
     target = min(len(everyone) - 1, round(settings.greedy_stop * len(everyone)))

@@ -94,6 +94,11 @@ def _samples_digest(samples: Sequence[CalibrationSample]) -> str:
     return digest.hexdigest()
 
 
+def _tensors(samples: Sequence[CalibrationSample], device: torch.device) -> list[tuple[torch.Tensor, int, int]]:
+    """``(ids, answer start, answer stop)`` of each sample, ids on ``device`` (what the greedy and gate runs take)."""
+    return [(torch.tensor(x.input_ids, dtype=torch.long, device=device), x.answer_start, x.answer_end) for x in samples]
+
+
 def _zeros(fp: ModelFingerprint, length: int, s: InfluenceSettings) -> PartialSums:
     L, HQ = fp.num_layers, fp.num_attention_heads
     nb = -(-length // s.block)
@@ -175,7 +180,7 @@ def _greedy(
         seed = seed / f"profile-{length}.greedy.json" if seed.is_dir() else seed
         start = load_greedy_path(seed, layers=fp.num_layers, kv_heads=fp.num_key_value_heads, expect=measured)
         key = hashlib.sha256(f"{key}:{json.dumps(start.to_json())}".encode()).hexdigest()
-    samples = [(torch.tensor(x.input_ids, dtype=torch.long, device=device), x.answer_start, x.answer_end) for x in mine]
+    samples = _tensors(mine, device)
     show = settings.progress and world.is_main
     path = greedy_path(
         model,
@@ -221,7 +226,7 @@ def _gate(
     if world.size > 1:
         raise ProfilerError("the gate statistic trains on all samples together; run it in one process, not torchrun")
     s = settings.influence
-    samples = [(torch.tensor(x.input_ids, dtype=torch.long, device=device), x.answer_start, x.answer_end) for x in mine]
+    samples = _tensors(mine, device)
     show = settings.progress and world.is_main
     run = train_gates(
         model,

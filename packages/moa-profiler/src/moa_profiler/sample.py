@@ -25,6 +25,7 @@ __all__ = [
     "Reuse",
     "ablate_sample",
     "decoder_layers",
+    "head_counts",
     "ablation_windows",
     "monotone_ablation",
     "answer_loss",
@@ -206,6 +207,13 @@ def profile_sample(
     return SampleInfluence(loss=value, hist=hist, sink=sink, block_map=block_map)
 
 
+def head_counts(model: torch.nn.Module) -> tuple[int, int, int]:
+    """``(layers, query heads, KV heads)`` of a transformers model, from its config."""
+    config: Any = getattr(model, "config")  # noqa: B009 - nn.Module types attributes as Tensor | Module
+    heads = int(config.num_attention_heads)
+    return int(config.num_hidden_layers), heads, int(getattr(config, "num_key_value_heads", None) or heads)
+
+
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList | None:
     """The model's list of decoder layers (each with a ``self_attn``), or None if it has no such list."""
     for module in model.modules():
@@ -286,10 +294,7 @@ def ablate_sample(
     Raises:
         ProfilerError: if a loss is not finite.
     """
-    config: Any = getattr(model, "config")  # noqa: B009 - nn.Module types attributes as Tensor | Module
-    layers = int(config.num_hidden_layers)
-    heads = int(config.num_attention_heads)
-    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    layers, heads, kv_heads = head_counts(model)
     group = heads // kv_heads
     length = int(ids.shape[0])
     keys = max(length - settings.sink, 1)
