@@ -71,22 +71,31 @@ demo-reference: setup ## moa compress on the reference model (influence and abla
 
 EXPERIMENT_OUT ?= runs/experiment
 # The gate-statistic table of RESULTS.md on SmolLM2: 64 calibration prompts (16 each of facts, quotes, items, codes;
-# reference answers), gates trained 240 steps at 1024, shaped by the influence of the first 16 prompts, MoA at 50% and
-# 25% (up to 8x), NIAH and passkey at 1k/2k/4k beside dense and uniform windows. Roughly 65-75 min on 2 cores
-# (estimated from its commands' times, RESULTS.md; not run as one target).
-EXPERIMENT_CALIB := --model models/smollm2-135m-instruct --task facts,quotes,items,codes --lengths 1024 \
+# reference answers) at 1024 and at 2048, gates trained 240 steps at each length, shaped by the influence of the first
+# 16 prompts of the same length, MoA at 50% and 25% (constrained at 1024, 2048 and 8x 2048), NIAH and passkey at
+# 1k/2k/4k beside dense and uniform windows. Roughly 2 h 30 min on 2 cores (estimated from its commands' times,
+# RESULTS.md; not run as one target).
+EXPERIMENT_CALIB := --model models/smollm2-135m-instruct --task facts,quotes,items,codes \
 	--max-new-tokens 8 --template plain --seed 3 --answers reference --quiet
 EXPERIMENT_GRID := --extend 8x --alphas 0,128 --betas 0,0.125,0.25,0.375,0.5,0.625,0.75,0.875,1 --threads 1
-experiment: assets ## The SmolLM2 gate-statistic table of RESULTS.md (MoA vs dense and uniform at 1k-4k; ~70 min on 2 cores, estimated)
-	$(BIN)/moa calibrate $(EXPERIMENT_CALIB) --num-samples 4 --out $(EXPERIMENT_OUT)/ref16/calibration.parquet
-	$(BIN)/moa calibrate $(EXPERIMENT_CALIB) --num-samples 16 --out $(EXPERIMENT_OUT)/ref64/calibration.parquet
-	$(BIN)/moa profile $(EXPERIMENT_OUT)/ref16/calibration.parquet --model models/smollm2-135m-instruct --quiet \
-		--statistic influence --out $(EXPERIMENT_OUT)/ref16/influence
-	$(BIN)/moa profile $(EXPERIMENT_OUT)/ref64/calibration.parquet --model models/smollm2-135m-instruct --quiet \
-		--statistic gate --gate-steps 240 --gate-lr 0.025 --gate-penalty 0.5 --out $(EXPERIMENT_OUT)/ref64/gate
-	for d in 0.5 0.25; do $(BIN)/moa optimize --profiles $(EXPERIMENT_OUT)/ref64/gate/profile-1024.safetensors \
-		--shape-by $(EXPERIMENT_OUT)/ref16/influence/profile-1024.safetensors --density $$d $(EXPERIMENT_GRID) \
-		--out $(EXPERIMENT_OUT)/gate-$$d || exit 1; done
+EXPERIMENT_GATE := --model models/smollm2-135m-instruct --quiet --statistic gate --gate-steps 240 --gate-lr 0.025 \
+	--gate-penalty 0.5
+experiment: assets ## The SmolLM2 gate-statistic table of RESULTS.md (MoA vs dense and uniform at 1k-4k; ~2.5 h on 2 cores, estimated)
+	for n in 1024 2048; do \
+		$(BIN)/moa calibrate $(EXPERIMENT_CALIB) --lengths $$n --num-samples 4 \
+			--out $(EXPERIMENT_OUT)/ref16-$$n/calibration.parquet && \
+		$(BIN)/moa calibrate $(EXPERIMENT_CALIB) --lengths $$n --num-samples 16 \
+			--out $(EXPERIMENT_OUT)/ref64-$$n/calibration.parquet && \
+		$(BIN)/moa profile $(EXPERIMENT_OUT)/ref16-$$n/calibration.parquet --model models/smollm2-135m-instruct \
+			--quiet --statistic influence --out $(EXPERIMENT_OUT)/ref16-$$n/influence && \
+		$(BIN)/moa profile $(EXPERIMENT_OUT)/ref64-$$n/calibration.parquet $(EXPERIMENT_GATE) \
+			--out $(EXPERIMENT_OUT)/ref64-$$n/gate || exit 1; done
+	for d in 0.5 0.25; do $(BIN)/moa optimize \
+		--profiles $(EXPERIMENT_OUT)/ref64-1024/gate/profile-1024.safetensors \
+		$(EXPERIMENT_OUT)/ref64-2048/gate/profile-2048.safetensors \
+		--shape-by $(EXPERIMENT_OUT)/ref16-1024/influence/profile-1024.safetensors \
+		--shape-by $(EXPERIMENT_OUT)/ref16-2048/influence/profile-2048.safetensors \
+		--density $$d $(EXPERIMENT_GRID) --out $(EXPERIMENT_OUT)/gate-$$d || exit 1; done
 	$(BIN)/moa eval retrieval --model models/smollm2-135m-instruct --plan dense --plan uniform:0.5 --plan uniform:0.25 \
 		--plan moa-0.5=$(EXPERIMENT_OUT)/gate-0.5/plan_00.json --plan moa-0.25=$(EXPERIMENT_OUT)/gate-0.25/plan_00.json \
 		--tasks niah,passkey-en --lengths 1024,2048,4096 --samples 10 --out $(EXPERIMENT_OUT)/eval
