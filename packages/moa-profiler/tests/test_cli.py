@@ -336,3 +336,64 @@ def test_profile_gate_statistic(tmp_path: Path, calibration_file: Path, model_di
     code, _, stderr = run("profile", calibration_file, *common, "--gate-lr", 0, "-o", tmp_path / "bad")
     assert_one_sentence(code, stderr, "--gate-lr")
     no_files(tmp_path / "bad", "profile-96.safetensors", "profile-96.gates.json")
+
+
+def test_gate_from_rebuilds_the_profile_without_training(
+    tmp_path: Path, calibration_file: Path, model_dir: Path, monkeypatch
+):
+    """--gate-from takes the gates of an earlier run: the same profile as the training wrote, and no forward pass."""
+    import moa_profiler.gate as gate
+
+    common = ["--model", model_dir, "--sink", 8, "--block", 16, "--statistic", "gate", "--lengths", 96, "--quiet"]
+    common += ["--gate-steps", 6, "--gate-lr", 0.1, "--gate-penalty", 0.2]
+    assert run("profile", calibration_file, *common, "-o", tmp_path / "trained")[0] == 0
+
+    def no_forward(*args: object) -> None:
+        raise AssertionError("a forward pass")
+
+    monkeypatch.setattr(gate, "answer_loss", no_forward)
+    for seed in (tmp_path / "trained", tmp_path / "trained" / "profile-96.gates.json"):
+        code, _, stderr = run("profile", calibration_file, *common, "--gate-from", seed, "-o", tmp_path / "re")
+        assert code == 0, stderr
+        rebuilt, trained = (load_profile(tmp_path / d / "profile-96.safetensors") for d in ("re", "trained"))
+        assert np.array_equal(rebuilt.hist, trained.hist) and rebuilt.mean_loss == trained.mean_loss
+        assert (
+            json.loads((tmp_path / "re" / "profile-96.gates.json").read_text())["values"]
+            == json.loads((tmp_path / "trained" / "profile-96.gates.json").read_text())["values"]
+        )
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"steps": 7}, "trained with steps 7, not 6"),
+        ({"block": 8}, "trained with block 8, not 16"),
+        ({"samples": "another"}, "trained with samples another"),
+        ({"values": [[0, 0, 0.1], [0, 1, 0.1], [1, 0, 0.1], [2, 1, 0.1]]}, "KV head (2, 1), which this model"),
+        ({"values": [[0, 0, 0.1]]}, "no value for KV head (0, 1)"),
+        ({"gates": None}, "is not a gates record"),
+    ],
+    ids=["steps", "block", "samples", "foreign-head", "unvalued", "malformed"],
+)
+def test_gate_from_refuses_other_gates(tmp_path: Path, calibration_file: Path, model_dir: Path, change, fragment):
+    common = ["--model", model_dir, "--sink", 8, "--block", 16, "--statistic", "gate", "--lengths", 96, "--quiet"]
+    common += ["--gate-steps", 6, "--gate-lr", 0.1]
+    assert run("profile", calibration_file, *common, "-o", tmp_path / "trained")[0] == 0
+    seed = tmp_path / "seed.json"
+    record = json.loads((tmp_path / "trained" / "profile-96.gates.json").read_text())
+    seed.write_text(json.dumps({**record, **change}))
+    code, _, stderr = run("profile", calibration_file, *common, "--gate-from", seed, "-o", tmp_path / "out")
+    assert_one_sentence(code, stderr, fragment)
+    no_files(tmp_path / "out", "profile-96.safetensors", "profile-96.gates.json")
+
+
+def test_gate_from_needs_the_gate_statistic_and_a_file(tmp_path: Path, calibration_file: Path, model_dir: Path):
+    code, _, stderr = run(
+        "profile", calibration_file, "--model", model_dir, "--gate-from", tmp_path, "-o", tmp_path / "o", "--quiet"
+    )
+    assert_one_sentence(code, stderr, "add --statistic gate")
+    code, _, stderr = run(
+        "profile", calibration_file, "--model", model_dir, "--statistic", "gate", "--gate-from", tmp_path / "none",
+        "-o", tmp_path / "o", "--quiet",
+    )  # fmt: skip
+    assert_one_sentence(code, stderr, "does not exist")

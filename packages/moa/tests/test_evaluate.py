@@ -39,6 +39,17 @@ def test_heads_expands_to_one_probe_per_kv_head_with_the_first_plans_sink() -> N
         assert whole[layer, head]
 
 
+@pytest.mark.parametrize("n", [100, 1000, 1088, 4096])
+def test_window_spec_keeps_a_fixed_number_of_tokens(n: int) -> None:
+    """``window:T`` is StreamingLLM's fixed cache: every head keeps T tokens (sink included, rounded up to the
+    64-token block) whatever the length, or all n when n is shorter; its density falls as 1/n."""
+    (spec,) = parse_plan_specs(["window:1000"], FP)
+    assert spec.name == "window-1000" and spec.plan is not None
+    # 1000 rounded up to whole 64-token blocks is 1024 (16 blocks), by hand.
+    assert spec.plan.spans(n).tolist() == [[min(n, 1024)] * 2] * 3
+    assert spec.plan.density(n) == pytest.approx(min(n, 1024) / n)
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
@@ -46,6 +57,9 @@ def test_heads_expands_to_one_probe_per_kv_head_with_the_first_plans_sink() -> N
         ("head:0.2", "not a KV head"),
         ("head:x", "head:LAYER.KV_HEAD"),
         ("head:1", "head:"),
+        ("window:0", "window:TOKENS"),
+        ("window:1.5", "window:TOKENS"),
+        ("window:", "window:TOKENS"),
     ],
 )
 def test_bad_head_specs(spec: str, message: str) -> None:

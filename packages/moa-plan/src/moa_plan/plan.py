@@ -153,6 +153,29 @@ class Plan(BaseModel):
         )
 
     @classmethod
+    def window(
+        cls,
+        model: ModelFingerprint,
+        tokens: int,
+        *,
+        sink: int = DEFAULT_SINK,
+        block: int = DEFAULT_BLOCK,
+        notes: str | None = None,
+    ) -> Plan:
+        """StreamingLLM as it is usually run: every head keeps a fixed ``tokens`` (sink included), at every length.
+
+        Rule ``(tokens, 0)``: the span is ``tokens`` rounded up to the block (at least the sink and one
+        block) and never more than N, so its density falls as 1/N, unlike `uniform`'s fixed fraction.
+        """
+        if tokens < 1:
+            raise PlanError(f"window must be at least 1 token, got {tokens}")
+        shape = (model.num_layers, model.num_key_value_heads)
+        prov = Provenance(created_at=_now(), method="uniform", budgets={"window": float(tokens)}, notes=notes)
+        return cls.from_arrays(
+            model, np.full(shape, float(tokens)), np.zeros(shape), sink=sink, block=block, provenance=prov
+        )
+
+    @classmethod
     def dense(cls, model: ModelFingerprint, *, sink: int = DEFAULT_SINK, block: int = DEFAULT_BLOCK) -> Plan:
         """Every head keeps every token: rule ``(0, 1)``, density 1 at every length."""
         shape = (model.num_layers, model.num_key_value_heads)

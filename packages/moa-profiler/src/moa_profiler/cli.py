@@ -275,6 +275,13 @@ def calibrate(
     "rebuilds the profile without a forward pass. Same samples, sink and block.",
 )
 @click.option(
+    "--gate-from",
+    type=click.Path(path_type=Path),
+    help="Take the gates of an earlier --statistic gate run (a profile-<N>.gates.json, or the directory of its "
+    "--out) instead of training them: the profile is rebuilt without a forward pass. Same samples, sink, block "
+    "and gate settings.",
+)
+@click.option(
     "--gate-steps",
     type=click.IntRange(min=1),
     default=300,
@@ -330,6 +337,7 @@ def profile(
     greedy_stop: float,
     greedy_lazy: bool,
     greedy_from: Path | None,
+    gate_from: Path | None,
     gate_steps: int,
     gate_lr: float,
     gate_penalty: float,
@@ -365,6 +373,10 @@ def profile(
         raise MoaCommandError("--greedy-from continues a greedy search; add --statistic greedy")
     if greedy_from is not None and not greedy_from.exists():
         raise MoaCommandError(f"--greedy-from {greedy_from} does not exist")
+    if gate_from is not None and statistic != "gate":
+        raise MoaCommandError("--gate-from takes the gates of an earlier training; add --statistic gate")
+    if gate_from is not None and not gate_from.exists():
+        raise MoaCommandError(f"--gate-from {gate_from} does not exist")
     calib = _run(read_calibration, calibration)
     wanted = lengths or calib.lengths()
     missing = [n for n in wanted if n not in calib.lengths()]
@@ -413,6 +425,7 @@ def profile(
         progress=not quiet,
         versions=versions(),
         greedy_from=greedy_from,
+        gate_from=gate_from,
     )
     summaries = []
     for n in wanted:

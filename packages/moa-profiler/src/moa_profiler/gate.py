@@ -22,6 +22,7 @@ the step it was in and gives the same gates as an uninterrupted one.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -35,9 +36,11 @@ from moa_profiler.checkpoint import load_state
 from moa_profiler.errors import ProfilerError
 from moa_profiler.sample import InfluenceSettings, answer_loss, head_counts
 
-__all__ = ["GateRun", "penalty_at", "train_gates"]
+__all__ = ["GateRun", "load_gate_run", "penalty_at", "train_gates"]
 
 Sample = tuple[torch.Tensor, int, int]
+
+logger = logging.getLogger(__name__)
 
 
 # The penalty starts this many times below its last value.
@@ -170,3 +173,44 @@ def _save(
     }
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(checkpoint, json.dumps(record))
+
+
+def load_gate_run(file: Path, *, layers: int, kv_heads: int, expect: dict[str, object] | None = None) -> GateRun:
+    """The gates of an earlier training (a ``profile-<N>.gates.json``), checked against this model and run.
+
+    ``expect``: settings the gates must have been trained with (``length``, ``sink``, ``block``,
+    ``samples``, ``steps``, ``lr``, ``penalty``, ``seed``); a record without one of them is taken as it
+    is, with a warning.
+
+    Raises:
+        ProfilerError: unreadable, not a gates record, a KV head this model lacks or one without a value,
+            a value that is not finite, or trained with other settings.
+    """
+    try:
+        data = json.loads(file.read_text())
+        values = {(int(h[0]), int(h[1])): float(h[2]) for h in data["values"]}
+        losses = [float(x) for x in data["losses"]]
+        gates = torch.tensor(data["gates"], dtype=torch.float32)
+    except OSError as exc:
+        raise ProfilerError(f"cannot read the gates {file}: {exc.strerror or exc}") from None
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError):
+        raise ProfilerError(f"{file} is not a gates record (a JSON object with gates, values and losses)") from None
+    everyone = {(layer, kv) for layer in range(layers) for kv in range(kv_heads)}
+    foreign = sorted(set(values) - everyone)
+    if foreign or tuple(gates.shape) != (layers, kv_heads):
+        head = foreign[0] if foreign else f"gates of shape {tuple(gates.shape)}"
+        raise ProfilerError(
+            f"{file} has KV head {head}, which this model ({layers} layers x {kv_heads} KV heads) lacks"
+        )
+    unvalued = sorted(everyone - set(values))
+    if unvalued:
+        raise ProfilerError(f"{file} has no value for KV head {unvalued[0]}")
+    if any(not math.isfinite(x) for x in [*losses, *values.values()]):
+        raise ProfilerError(f"{file} has a value or loss that is not finite")
+    for name, want in (expect or {}).items():
+        got = data.get(name)
+        if got is None:
+            logger.warning("%s does not record its %s; taking it as trained with %s", file, name, want)
+        elif got != want:
+            raise ProfilerError(f"{file} was trained with {name} {got}, not {want}")
+    return GateRun(gates, values, losses)

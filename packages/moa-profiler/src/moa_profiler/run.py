@@ -43,6 +43,8 @@ class RunSettings:
         versions: Package versions recorded in the profile.
         greedy_from: Start the greedy search from a saved path: a ``profile-<N>.greedy.json`` (one length)
             or a directory of them (see `moa_profiler.greedy.load_greedy_path`).
+        gate_from: Take the gates of an earlier training instead of training them: a ``profile-<N>.gates.json``
+            or a directory of them (see `moa_profiler.gate.load_gate_run`); no forward pass.
     """
 
     influence: InfluenceSettings = field(default_factory=InfluenceSettings)
@@ -52,6 +54,7 @@ class RunSettings:
     progress: bool = False
     versions: dict[str, str] = field(default_factory=dict)
     greedy_from: Path | None = None
+    gate_from: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -220,7 +223,7 @@ def _gate(
     out: Path,
 ) -> None:
     """Train the gates on all samples at once (one run, not a per-sample sum): one rank only."""
-    from moa_profiler.gate import train_gates
+    from moa_profiler.gate import load_gate_run, train_gates
     from moa_profiler.greedy import ablation_histogram
 
     if world.size > 1:
@@ -228,14 +231,21 @@ def _gate(
     s = settings.influence
     samples = _tensors(mine, device)
     show = settings.progress and world.is_main
-    run = train_gates(
-        model,
-        samples,
-        s,
-        checkpoint=None if ckpt is None else ckpt.with_suffix(".gate.json"),
-        key=key,
-        progress=(lambda m: tqdm.write(m)) if show else (lambda m: logger.info("%s", m)),
-    )
+    if settings.gate_from is not None:
+        seed = settings.gate_from
+        seed = seed / f"profile-{length}.gates.json" if seed.is_dir() else seed
+        expect = {"length": length, "sink": s.sink, "block": s.block, "samples": _samples_digest(mine)}
+        expect |= {"steps": s.gate_steps, "lr": s.gate_lr, "penalty": s.gate_penalty, "seed": s.gate_seed}
+        run = load_gate_run(seed, layers=fp.num_layers, kv_heads=fp.num_key_value_heads, expect=expect)
+    else:
+        run = train_gates(
+            model,
+            samples,
+            s,
+            checkpoint=None if ckpt is None else ckpt.with_suffix(".gate.json"),
+            key=key,
+            progress=(lambda m: tqdm.write(m)) if show else (lambda m: logger.info("%s", m)),
+        )
     hist = ablation_histogram(run.values, fp.num_layers, fp.num_attention_heads, fp.num_key_value_heads, length, s)
     count = len(samples)
     sums.hist = hist * count

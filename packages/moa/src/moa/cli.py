@@ -32,7 +32,8 @@ def eval_group() -> None:
     multiple=True,
     default=["dense"],
     show_default=True,
-    help="dense | uniform:FRACTION | head:LAYER.KV_HEAD (that KV head dense, the others sink + one block) "
+    help="dense | uniform:FRACTION (every head F x N) | window:TOKENS (every head a fixed window, sink included) "
+    "| head:LAYER.KV_HEAD (that KV head dense, the others sink + one block) "
     "| heads (one such probe per KV head) | [NAME=]PLAN.json; repeatable.",
 )
 @click.option(

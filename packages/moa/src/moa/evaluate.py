@@ -46,7 +46,11 @@ class PlanSpec:
 
 
 def parse_plan_specs(specs: Sequence[str], fingerprint: ModelFingerprint) -> list[PlanSpec]:
-    """Plans from ``dense``, ``uniform:F``, ``head:L.H``, ``heads`` or ``NAME=PATH`` / ``PATH`` specs.
+    """Plans from ``dense``, ``uniform:F``, ``window:T``, ``head:L.H``, ``heads`` or ``NAME=PATH`` / ``PATH`` specs.
+
+    ``uniform:F`` gives every head the same elastic rule ``(0, F)`` (a window of F x N); ``window:T``
+    every head the same fixed window of T tokens, sink included, at every length (StreamingLLM's
+    fixed cache size).
 
     ``head:L.H`` is a one-head probe: KV head H of layer L keeps every token, every other head
     only the sink and one block; ``heads`` is one probe per KV head. A task that still scores
@@ -59,7 +63,7 @@ def parse_plan_specs(specs: Sequence[str], fingerprint: ModelFingerprint) -> lis
     """
     loaded: dict[str, Plan] = {}
     for spec in specs:
-        if spec not in ("dense", "heads") and not spec.startswith(("uniform:", "head:")):
+        if spec not in ("dense", "heads") and not spec.startswith(("uniform:", "window:", "head:")):
             plan = Plan.load(spec.rpartition("=")[2])
             plan.check_compatible(fingerprint)
             loaded[spec] = plan
@@ -75,6 +79,12 @@ def parse_plan_specs(specs: Sequence[str], fingerprint: ModelFingerprint) -> lis
             except ValueError:
                 raise MoaError(f"plan spec {spec!r}: expected uniform:FRACTION with a number") from None
             out.append(PlanSpec(f"uniform-{fraction:g}", Plan.uniform(fingerprint, fraction, sink=sink, block=block)))
+        elif spec.startswith("window:"):
+            tokens = spec.split(":", 1)[1]
+            if not tokens.isdigit() or int(tokens) < 1:
+                raise MoaError(f"plan spec {spec!r}: expected window:TOKENS with a positive whole number")
+            plan = Plan.window(fingerprint, int(tokens), sink=sink, block=block)
+            out.append(PlanSpec(f"window-{int(tokens)}", plan))
         elif spec == "heads":
             out += [
                 _head_probe(fingerprint, layer, head, sink, block)
