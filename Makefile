@@ -10,7 +10,7 @@ TORCH_PIN ?= torch==2.13.0
 SRC_DIRS := $(foreach p,$(PKGS),packages/$(p)/src)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup assets test lint typecheck pytest test-slow test-gpu demo demo-reference experiment bench bench-smollm2 clean
+.PHONY: help setup assets test lint typecheck pytest test-slow test-gpu demo demo-reference experiment plans-smollm2 bench bench-smollm2 clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -99,6 +99,32 @@ experiment: assets ## The SmolLM2 gate-statistic table of RESULTS.md (MoA vs den
 	$(BIN)/moa eval retrieval --model models/smollm2-135m-instruct --plan dense --plan uniform:0.5 --plan uniform:0.25 \
 		--plan moa-0.5=$(EXPERIMENT_OUT)/gate-0.5/plan_00.json --plan moa-0.25=$(EXPERIMENT_OUT)/gate-0.25/plan_00.json \
 		--tasks niah,passkey-en --lengths 1024,2048,4096 --samples 10 --out $(EXPERIMENT_OUT)/eval
+
+PLANS_OUT ?= runs/plans-smollm2
+GATES := plans/smollm2-135m-instruct/gates-64-reference
+# The committed two-length gate plans again, from the committed gates (`moa profile --gate-from`: no gate training):
+# the calibration prompts, the influence profiles that shape the gates (2 + 8 min here), and MoA, per-layer and
+# DuoAttention-style plans at 50% and 25% from that one profile; `plan_00.json` of `moa-0.5` / `moa-0.25` is
+# `moa-gate64-1k2k-reference-0.5.json` / `-0.25.json`. About 12 min on 2 cores.
+plans-smollm2: assets ## The committed SmolLM2 gate plans (MoA, per-layer, DuoAttention-style) from the committed gates (~12 min)
+	for n in 1024 2048; do \
+		$(BIN)/moa calibrate $(EXPERIMENT_CALIB) --lengths $$n --num-samples 4 \
+			--out $(PLANS_OUT)/ref16-$$n/calibration.parquet && \
+		$(BIN)/moa calibrate $(EXPERIMENT_CALIB) --lengths $$n --num-samples 16 \
+			--out $(PLANS_OUT)/ref64-$$n/calibration.parquet && \
+		$(BIN)/moa profile $(PLANS_OUT)/ref16-$$n/calibration.parquet --model models/smollm2-135m-instruct \
+			--quiet --statistic influence --out $(PLANS_OUT)/ref16-$$n/influence && \
+		$(BIN)/moa profile $(PLANS_OUT)/ref64-$$n/calibration.parquet $(EXPERIMENT_GATE) \
+			--gate-from $(GATES)-$$n.json --out $(PLANS_OUT)/ref64-$$n/gate || exit 1; done
+	set -e; P="--profiles $(PLANS_OUT)/ref64-1024/gate/profile-1024.safetensors \
+		$(PLANS_OUT)/ref64-2048/gate/profile-2048.safetensors \
+		--shape-by $(PLANS_OUT)/ref16-1024/influence/profile-1024.safetensors \
+		--shape-by $(PLANS_OUT)/ref16-2048/influence/profile-2048.safetensors"; DUO="--extend 8x --threads 1 --lower 0 --max-rules-per-layer none"; \
+	for d in 0.5 0.25; do \
+		$(BIN)/moa optimize $$P --density $$d $(EXPERIMENT_GRID) --out $(PLANS_OUT)/moa-$$d; \
+		$(BIN)/moa optimize $$P --density $$d $(EXPERIMENT_GRID) --max-rules-per-layer 1 --out $(PLANS_OUT)/layer-$$d; done; \
+	$(BIN)/moa optimize $$P $$DUO --density 0.5 --alphas 0,256 --betas 0,1 --out $(PLANS_OUT)/duo-0.5; \
+	$(BIN)/moa optimize $$P $$DUO --density 0.25 --alphas 0,128 --betas 0,1 --out $(PLANS_OUT)/duo-0.25
 
 SMOLLM2_PLANS := --plan moa-0.5=plans/smollm2-135m-instruct/moa-measured-proportional-0.5.json \
 	--plan moa-0.25=plans/smollm2-135m-instruct/moa-measured-proportional-0.25.json
