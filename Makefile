@@ -105,8 +105,8 @@ GATES := plans/smollm2-135m-instruct/gates-64-reference
 # The committed two-length gate plans again, from the committed gates (`moa profile --gate-from`: no gate training):
 # the calibration prompts, the influence profiles that shape the gates (2 + 8 min here), and MoA, per-layer and
 # DuoAttention-style plans at 50% and 25% from that one profile; `plan_00.json` of `moa-0.5` / `moa-0.25` is
-# `moa-gate64-1k2k-reference-0.5.json` / `-0.25.json`. About 12 min on 2 cores.
-plans-smollm2: assets ## The committed SmolLM2 gate plans (MoA, per-layer, DuoAttention-style) from the committed gates (~12 min)
+# `moa-gate64-1k2k-reference-0.5.json` / `-0.25.json`. About 12 min on 2 cores (estimated from its steps; run by hand, not as one target).
+plans-smollm2: assets ## The committed SmolLM2 gate plans (MoA, per-layer, DuoAttention-style) from the committed gates (~12 min, estimated)
 	for n in 1024 2048; do \
 		$(BIN)/moa calibrate $(EXPERIMENT_CALIB) --lengths $$n --num-samples 4 \
 			--out $(PLANS_OUT)/ref16-$$n/calibration.parquet && \

@@ -22,7 +22,6 @@ the step it was in and gives the same gates as an uninterrupted one.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -34,13 +33,12 @@ from moa_plan import atomic_write_text
 from moa_profiler.attention import gating
 from moa_profiler.checkpoint import load_state
 from moa_profiler.errors import ProfilerError
+from moa_profiler.greedy import check_record
 from moa_profiler.sample import InfluenceSettings, answer_loss, head_counts
 
 __all__ = ["GateRun", "load_gate_run", "penalty_at", "train_gates"]
 
 Sample = tuple[torch.Tensor, int, int]
-
-logger = logging.getLogger(__name__)
 
 
 # The penalty starts this many times below its last value.
@@ -195,22 +193,11 @@ def load_gate_run(file: Path, *, layers: int, kv_heads: int, expect: dict[str, o
         raise ProfilerError(f"cannot read the gates {file}: {exc.strerror or exc}") from None
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError):
         raise ProfilerError(f"{file} is not a gates record (a JSON object with gates, values and losses)") from None
-    everyone = {(layer, kv) for layer in range(layers) for kv in range(kv_heads)}
-    foreign = sorted(set(values) - everyone)
-    if foreign or tuple(gates.shape) != (layers, kv_heads):
-        head = foreign[0] if foreign else f"gates of shape {tuple(gates.shape)}"
+    if tuple(gates.shape) != (layers, kv_heads):
         raise ProfilerError(
-            f"{file} has KV head {head}, which this model ({layers} layers x {kv_heads} KV heads) lacks"
+            f"{file} has gates for {tuple(gates.shape)} KV heads, not this model's ({layers} layers x {kv_heads})"
         )
-    unvalued = sorted(everyone - set(values))
-    if unvalued:
-        raise ProfilerError(f"{file} has no value for KV head {unvalued[0]}")
-    if any(not math.isfinite(x) for x in [*losses, *values.values()]):
-        raise ProfilerError(f"{file} has a value or loss that is not finite")
-    for name, want in (expect or {}).items():
-        got = data.get(name)
-        if got is None:
-            logger.warning("%s does not record its %s; taking it as trained with %s", file, name, want)
-        elif got != want:
-            raise ProfilerError(f"{file} was trained with {name} {got}, not {want}")
+    check_record(
+        file, data, list(values), values, losses, layers=layers, kv_heads=kv_heads, expect=expect, verb="trained"
+    )
     return GateRun(gates, values, losses)

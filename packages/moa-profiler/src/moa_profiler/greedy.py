@@ -219,14 +219,38 @@ def load_greedy_path(file: Path, *, layers: int, kv_heads: int, expect: dict[str
         raise ProfilerError(f"cannot read the greedy path {file}: {exc.strerror or exc}") from None
     except (ValueError, KeyError, TypeError, IndexError):
         raise ProfilerError(f"{file} is not a greedy path (a JSON object with order, values and losses)") from None
+    if len(set(order)) != len(order):
+        raise ProfilerError(f"{file} cuts a KV head twice")
+    check_record(file, data, [*order, *values], values, losses, layers=layers, kv_heads=kv_heads, expect=expect)
+    return GreedyPath(values, order, losses)
+
+
+def check_record(
+    file: Path,
+    data: Mapping[str, Any],
+    heads: Sequence[tuple[int, int]],
+    values: Mapping[tuple[int, int], float],
+    losses: Sequence[float],
+    *,
+    layers: int,
+    kv_heads: int,
+    expect: Mapping[str, object] | None,
+    verb: str = "measured",
+) -> None:
+    """The checks every per-head record (a greedy path, a gate run) passes before it becomes a profile.
+
+    Every KV head it names is one of this model's, every KV head has a value, values and losses are
+    finite, and each ``expect`` setting the record holds equals it (one it lacks is taken, with a warning).
+
+    Raises:
+        ProfilerError: the first check that fails, in one sentence naming ``file``.
+    """
     everyone = {(layer, kv) for layer in range(layers) for kv in range(kv_heads)}
-    foreign = sorted((set(order) | set(values)) - everyone)
+    foreign = sorted(set(heads) - everyone)
     if foreign:
         raise ProfilerError(
             f"{file} has KV head {foreign[0]}, which this model ({layers} layers x {kv_heads} KV heads) lacks"
         )
-    if len(set(order)) != len(order):
-        raise ProfilerError(f"{file} cuts a KV head twice")
     if not losses or any(not math.isfinite(x) for x in [*losses, *values.values()]):
         raise ProfilerError(f"{file} has no losses or a loss that is not finite")
     unvalued = sorted(everyone - set(values))
@@ -235,10 +259,9 @@ def load_greedy_path(file: Path, *, layers: int, kv_heads: int, expect: dict[str
     for name, want in (expect or {}).items():
         got = data.get(name)
         if got is None:
-            logger.warning("%s does not record its %s; taking it as measured with %s", file, name, want)
+            logger.warning("%s does not record its %s; taking it as %s with %s", file, name, verb, want)
         elif got != want:
-            raise ProfilerError(f"{file} was measured with {name} {got}, not {want}")
-    return GreedyPath(values, order, losses)
+            raise ProfilerError(f"{file} was {verb} with {name} {got}, not {want}")
 
 
 def _save(checkpoint: Path | None, key: str, path: GreedyPath) -> None:
