@@ -126,17 +126,21 @@ plans-smollm2: assets ## The committed SmolLM2 gate plans (MoA, per-layer, DuoAt
 	$(BIN)/moa optimize $$P $$DUO --density 0.5 --alphas 0,256 --betas 0,1 --out $(PLANS_OUT)/duo-0.5; \
 	$(BIN)/moa optimize $$P $$DUO --density 0.25 --alphas 0,128 --betas 0,1 --out $(PLANS_OUT)/duo-0.25
 
-SMOLLM2_PLANS := --plan moa-0.5=plans/smollm2-135m-instruct/moa-measured-proportional-0.5.json \
-	--plan moa-0.25=plans/smollm2-135m-instruct/moa-measured-proportional-0.25.json
-bench-smollm2: assets ## BENCHMARKS.md's SmolLM2 section: 8k x 8 decode vs the static cache (3 rounds), max batch in 8 GiB, chunked prefill (~75 min)
+SMOLLM2_PLAN_DIR := plans/smollm2-135m-instruct
+SMOLLM2_PLANS := --plan moa-0.5=$(SMOLLM2_PLAN_DIR)/moa-gate64-1k2k-reference-0.5.json \
+	--plan moa-0.25=$(SMOLLM2_PLAN_DIR)/moa-gate64-1k2k-reference-0.25.json
+bench-smollm2: assets ## BENCHMARKS.md's SmolLM2 section: 8k x 8 decode vs the static cache (3 rounds), max batch in 8 GiB, chunked prefill, 2k/4k grid (~105 min)
 	$(BIN)/moa bench e2e --model models/smollm2-135m-instruct --lengths 8192 --batches 8 \
 		--methods dense-static,uniform,moa --densities 0.5,0.25 $(SMOLLM2_PLANS) \
 		--prefill-rows 1 --prefill-chunk 0 --new-tokens 32 --rounds 3 --profile-step --out runs/bench-smollm2/8k-b8
 	$(BIN)/moa bench e2e --model models/smollm2-135m-instruct --lengths 8192 --methods dense-static,moa \
 		$(SMOLLM2_PLANS) --max-batch-gib 8 --new-tokens 8 --out runs/bench-smollm2/8k-maxbatch
 	for chunk in 4096 2048; do $(BIN)/moa bench e2e --model models/smollm2-135m-instruct --lengths 8192 --batches 1 \
-		--methods dense-static,moa --plan moa-0.25=plans/smollm2-135m-instruct/moa-measured-proportional-0.25.json \
+		--methods dense-static,moa --plan moa-0.25=$(SMOLLM2_PLAN_DIR)/moa-gate64-1k2k-reference-0.25.json \
 		--prefill-chunk $$chunk --new-tokens 8 --out runs/bench-smollm2/8k-prefill-$$chunk || exit 1; done
+	$(BIN)/moa bench e2e --model models/smollm2-135m-instruct --lengths 2048,4096 --batches 1,4,8 \
+		--methods dense,dense-static,uniform,moa --densities 0.5,0.25 $(SMOLLM2_PLANS) \
+		--prefill-rows 1 --prefill-chunk 0 --new-tokens 32 --out runs/bench-smollm2/2k4k
 
 bench: setup ## CPU benchmarks (e2e decode/prefill/memory, optimizer search, profiling cost) into runs/bench
 	$(BIN)/moa bench e2e --out runs/bench
