@@ -15,6 +15,7 @@ import torch
 from moa_plan import MoaError
 from moa_plan.cli import LengthList, MoaCommandError
 from moa_profiler.models import DTYPES
+from moa_profiler.options import statistic_options
 
 __all__ = ["calibrate", "cli", "profile"]
 
@@ -234,39 +235,7 @@ def calibrate(
 @click.option("--sink", type=click.IntRange(min=0), default=64, show_default=True)
 @click.option("--block", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--block-map/--no-block-map", default=False, show_default=True, help="Also store the 2-D block map.")
-@click.option(
-    "--statistic",
-    type=click.Choice(["influence", "ablation", "greedy", "gate"]),
-    default="influence",
-    show_default=True,
-    help="influence: MoA's first-order |E| (one backward per sample). ablation: the measured loss of cutting "
-    "each KV head to sink + window (layers x KV heads x --ablation-points forwards per sample; small models). "
-    "greedy: cut heads to sink + one block cheapest first, measuring each cut on top of the cuts before it "
-    "(captures heads that only matter together; see --greedy-group, --greedy-stop). "
-    "gate: train one gate per KV head between its full and its sink + one block attention, under a growing "
-    "L1 penalty (DuoAttention's training; --gate-steps forward+backward passes in all; see --gate-penalty).",
-)
-@click.option(
-    "--greedy-group",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="KV heads cut per greedy round (0: an eighth of them).",
-)
-@click.option(
-    "--greedy-stop",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=0.75,
-    show_default=True,
-    help="Fraction of the KV heads the greedy search cuts before it stops.",
-)
-@click.option(
-    "--greedy-lazy/--greedy-exact",
-    default=False,
-    show_default=True,
-    help="lazy: from the second greedy round on, measure only the heads whose last marginal could still make "
-    "them among the cheapest (about 2 x --greedy-group per round instead of every remaining head).",
-)
+@statistic_options
 @click.option(
     "--greedy-from",
     type=click.Path(path_type=Path),
@@ -280,23 +249,6 @@ def calibrate(
     help="Take the gates of an earlier --statistic gate run (a profile-<N>.gates.json, or the directory of its "
     "--out) instead of training them: the profile is rebuilt without a forward pass. Same samples, sink, block "
     "and gate settings.",
-)
-@click.option(
-    "--gate-steps",
-    type=click.IntRange(min=1),
-    default=300,
-    show_default=True,
-    help="Training steps of --statistic gate (one sample each, cycled).",
-)
-@click.option(
-    "--gate-lr", type=click.FloatRange(0, min_open=True), default=0.02, show_default=True, help="Adam learning rate."
-)
-@click.option(
-    "--gate-penalty",
-    type=click.FloatRange(0),
-    default=0.5,
-    show_default=True,
-    help="L1 penalty on the gates at the last step, nats per open KV head (it grows geometrically from 1/256 of it).",
 )
 @click.option("--gate-seed", type=int, default=0, show_default=True, help="Seed of the sample order.")
 @click.option(

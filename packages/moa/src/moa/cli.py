@@ -11,6 +11,7 @@ import click
 
 from moa_plan import ModelFingerprint, atomic_write_text
 from moa_plan.cli import LengthList
+from moa_profiler.options import statistic_options
 
 __all__ = ["compress", "eval_group", "validate"]
 
@@ -385,57 +386,7 @@ def validate(
 )
 @click.option("--sink", type=click.IntRange(min=0), default=64, show_default=True, help="Sink tokens S of the plans.")
 @click.option("--block", type=click.IntRange(min=1), default=64, show_default=True, help="Block size B of the plans.")
-@click.option(
-    "--statistic",
-    type=click.Choice(["influence", "ablation", "greedy", "gate"]),
-    default="influence",
-    show_default=True,
-    help="Profile statistic (see moa profile --help): MoA's first-order influence, measured one-head cuts "
-    "(ablation), the greedy search of measured cuts on top of each other (greedy) or gates trained between "
-    "each head's full and cut attention under a growing L1 penalty (gate, DuoAttention's training).",
-)
-@click.option(
-    "--gate-steps",
-    type=click.IntRange(min=1),
-    default=300,
-    show_default=True,
-    help="Gate statistic: training steps (one calibration sample each).",
-)
-@click.option(
-    "--gate-lr",
-    type=click.FloatRange(0, min_open=True),
-    default=0.02,
-    show_default=True,
-    help="Gate statistic: Adam lr.",
-)
-@click.option(
-    "--gate-penalty",
-    type=click.FloatRange(0),
-    default=0.5,
-    show_default=True,
-    help="Gate statistic: L1 penalty at the last step, nats per open KV head (grows geometrically from 1/256 of it).",
-)
-@click.option(
-    "--greedy-group",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Greedy statistic: heads cut per round (0: an eighth).",
-)
-@click.option(
-    "--greedy-stop",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=0.75,
-    show_default=True,
-    help="Greedy statistic: fraction of the KV heads it cuts before it stops.",
-)
-@click.option(
-    "--greedy-lazy/--greedy-exact",
-    default=False,
-    show_default=True,
-    help="lazy: from the second greedy round on, measure only the heads whose last marginal could still make "
-    "them among the cheapest (about 2 x --greedy-group per round instead of every remaining head).",
-)
+@statistic_options
 @click.option(
     "--shape/--no-shape",
     default=True,
