@@ -107,6 +107,23 @@ def test_max_batch_is_the_largest_measured_batch_under_the_limit(monkeypatch: py
     assert row["batch"] + 1 in calls  # the verdict "the next batch does not fit" was measured
     assert len(calls) == len(set(calls)) <= 8
 
+    # Small batches hide the slope (their peak is one row's prefill), and large ones fail outright (the
+    # machine's memory): the search must bisect from the failure, not step down one batch at a time.
+    calls.clear()
+
+    def flat_then_failing(case: Case, bandwidth: float, timeout: float) -> dict[str, Any]:
+        calls.append(case.batch)
+        if case.batch > 150:
+            return {"method": case.method, "batch": case.batch, "error": "out of memory"}
+        peak = max(2000 + case.batch, 1000 + 20 * case.batch)
+        return {"method": case.method, "batch": case.batch, "peak_rss_bytes": peak, "decode_tok_s": 1.0}
+
+    monkeypatch.setattr(e2e, "_run_in_subprocess", flat_then_failing)
+    row = find_max_batch(Case(model="bench", method="moa", length=8, batch=1), limit, bandwidth=1.0)
+    assert row["batch"] == max(b for b in range(1, 151) if max(2000 + b, 1000 + 20 * b) <= limit) == 100
+    assert 101 in calls
+    assert len(calls) == len(set(calls)) <= 16
+
     def too_big(case: Case, bandwidth: float, timeout: float) -> dict[str, Any]:
         return {"method": case.method, "batch": case.batch, "peak_rss_bytes": 10**9}
 

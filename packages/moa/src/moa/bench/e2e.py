@@ -409,7 +409,8 @@ def find_max_batch(
     Peak memory grows with the batch (the cache's rows) plus a constant (weights, one row's prefill).
     Every verdict is a measured run: batch 1, then batch 4, then the secant through the two measured
     batches that bracket the limit (or the two largest that fit) until the largest batch that fits is
-    next to one that does not.
+    next to one that does not. A run that fails (the machine's memory, the timeout) bounds the search
+    from above without a peak to extrapolate from, so the search bisects until it has one.
 
     Returns:
         The row of the largest batch that fits (``fits_gib``, ``tried`` added), or an ``error`` row when
@@ -433,7 +434,7 @@ def find_max_batch(
         return {**run(1), "error": run(1).get("error") or "batch 1 exceeds the memory limit"}
     lo, hi = 1, None  # largest batch known to fit, smallest known not to
     guess = min(4, max_batch)
-    for _ in range(16):
+    for _ in range(32):
         if guess <= lo or (hi is not None and guess >= hi):
             break
         if peak(guess) <= limit_bytes:
@@ -442,7 +443,12 @@ def find_max_batch(
             hi = guess
         if lo >= max_batch or (hi is not None and hi - lo <= 1):
             break
-        if hi is not None and math.isfinite(peak(hi)):
+        if hi is not None and not math.isfinite(peak(hi)):
+            # A run that failed (out of memory, timeout) brackets the limit but gives no peak to draw a
+            # line through: bisect until a measured peak above the limit does.
+            guess = (lo + hi) // 2
+            continue
+        if hi is not None:
             a, b = lo, hi
         else:
             fitting = sorted(x for x in runs if x <= lo and peak(x) <= limit_bytes)
