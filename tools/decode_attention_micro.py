@@ -1,13 +1,17 @@
-"""How fast one decode step's attention streams the KV cache: dense (transformers' static-cache call) vs MoA's per-head calls.
+"""The attention of one decode step, alone: dense (transformers' static-cache call) vs a plan's per-head calls.
 
-    .venv/bin/python tools/decode_attention_micro.py [--batch 8] [--length 8192] [--spans 960,2048,4096,8192]
+    .venv/bin/python tools/decode_attention_micro.py --plan plans/smollm2-135m-instruct/moa-gate64-1k2k-reference-0.25.json
 
-One torch thread, fp32, SmolLM2-135M's shape (3 KV heads x 3 query heads, head_dim 64). For each call the script
-prints the median time over repeats and the KV bytes it reads, so bytes / time is the bandwidth the fused SDPA
-kernel reaches. The dense row is what `dense-static` runs per layer: 9 query heads against a preallocated [B, 3, N,
-64] cache with a boolean mask (GQA in the kernel). The MoA rows are `moa_kernels.moa_decode_equal`'s call for one KV
-head: its 3 query heads as a 3-token query against a [B, 1, L, 64] view of the packed cache, no mask; the last MoA row
-is one layer's three heads of span L in one call (what grouping equal-length heads would buy).
+One torch thread, fp32, SmolLM2-135M's shape (30 layers, 3 KV heads x 3 query heads, head_dim 64), batch 8, N 8192.
+Each layer has a cache of its own, so a step streams every byte from memory as the model's step does (no layer's
+cache is still in the CPU's caches when it is read again). Rows:
+
+- dense: `dense-static`'s call per layer, 9 query heads against a preallocated [B, 3, N, 64] cache with a boolean mask;
+- MoA: `moa_kernels.moa_decode_equal` per layer over a packed [B, sum(span), 64] cache, one fused SDPA per KV head;
+- MoA grouped: the same, with a layer's adjacent heads of equal span in one fused call.
+
+It prints the step's attention time (median of repeats), the KV bytes it reads and the bandwidth reached, beside the
+copy bandwidth measured in the same run.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 
-def _median_s(fn, repeats: int) -> float:
+def _median_s(fn: Callable[[], object], repeats: int) -> float:
     fn()
     times = []
     for _ in range(repeats):
@@ -30,50 +35,78 @@ def _median_s(fn, repeats: int) -> float:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plan", required=True, help="a plan file of SmolLM2-135M (30 layers x 3 KV heads)")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--length", type=int, default=8192, help="dense cache length N")
-    parser.add_argument("--spans", default="960,2048,4096,8192", help="MoA segment lengths L")
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--length", type=int, default=8192, help="tokens in the cache N")
+    parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args(argv)
 
     import torch
     import torch.nn.functional as F
 
+    from moa_kernels.ops.moa_decode.sdpa import moa_decode_equal
+    from moa_plan import Plan
+
     torch.set_num_threads(1)
     b, h, g, d, n = args.batch, 3, 3, 64, args.length
-    gen = torch.Generator().manual_seed(0)
-    print(f"batch {b}, N {n}, fp32, one thread; copy bandwidth for reference:")
-    src = torch.randn(64 * 2**20 // 4, generator=gen)
+    spans = [[int(x) for x in row] for row in Plan.load(args.plan).spans(n).tolist()]
+    if len(spans[0]) != h:
+        print(f"error: the plan has {len(spans[0])} KV heads per layer, this script models SmolLM2's {h}.")
+        return 2
+    src = torch.rand(128 * 2**20 // 4)
     dst = torch.empty_like(src)
-    copy_s = _median_s(lambda: dst.copy_(src), 10)
-    print(f"  copy {2 * src.numel() * 4 / copy_s / 1e9:.1f} GB/s (read + write)")
-    print("| call | calls per step | KV MB per call | ms per call | GB/s |")
+    copy_gbs = 2 * src.numel() * 4 / _median_s(lambda: dst.copy_(src), 5) / 1e9
+    print(f"batch {b}, N {n}, {len(spans)} layers, fp32, one thread; copy bandwidth {copy_gbs:.1f} GB/s (read + write)\n")
+    print("| attention of one step | fused calls | KV GB read | ms | GB/s |")
     print("| --- | --- | --- | --- | --- |")
 
-    q = torch.randn(b, h * g, 1, d, generator=gen)
-    k = torch.randn(b, h, n, d, generator=gen)
-    v = torch.randn(b, h, n, d, generator=gen)
-    mask = torch.ones(b, 1, 1, n, dtype=torch.bool)
-    mb = 2 * b * h * n * d * 4 / 1e6
-    s = _median_s(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True), args.repeats)
-    print(
-        f"| dense static cache (9 q heads, 3 KV heads, bool mask) | 30 | {mb:.1f} | {s * 1e3:.2f} | {mb / 1e3 / s:.1f} |"
-    )
+    def report(name: str, calls: int, nbytes: int, fn: Callable[[], object]) -> None:
+        s = _median_s(fn, args.repeats)
+        print(f"| {name} | {calls} | {nbytes / 1e9:.3f} | {s * 1e3:.1f} | {nbytes / 1e9 / s:.1f} |")
 
-    for span in [int(x) for x in args.spans.split(",")]:
-        cache_k = torch.randn(b, h * span, d, generator=gen)
-        cache_v = torch.randn(b, h * span, d, generator=gen)
-        qh = torch.randn(b, 1, g, d, generator=gen)
-        kh, vh = cache_k[:, :span].unsqueeze(1), cache_v[:, :span].unsqueeze(1)
-        mb = 2 * b * span * d * 4 / 1e6
-        s = _median_s(lambda kh=kh, vh=vh, qh=qh: F.scaled_dot_product_attention(qh, kh, vh), args.repeats)
-        print(f"| MoA one KV head, L={span} | 90 | {mb:.2f} | {s * 1e3:.3f} | {mb / 1e3 / s:.1f} |")
-        q3 = torch.randn(b, h, g, d, generator=gen)
-        k3, v3 = cache_k.view(b, h, span, d), cache_v.view(b, h, span, d)
-        s3 = _median_s(lambda q3=q3, k3=k3, v3=v3: F.scaled_dot_product_attention(q3, k3, v3), args.repeats)
-        print(
-            f"| MoA a layer's 3 KV heads in one call, L={span} | 30 | {3 * mb:.2f} | {s3 * 1e3:.3f} | {3 * mb / 1e3 / s3:.1f} |"
-        )
+    layers = len(spans)
+    q = torch.rand(b, h * g, 1, d)
+    mask = torch.ones(b, 1, 1, n, dtype=torch.bool)
+    dense = [(torch.rand(b, h, n, d), torch.rand(b, h, n, d)) for _ in range(layers)]
+
+    def dense_step() -> None:
+        for k, v in dense:
+            F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+    report("dense static cache", layers, 2 * b * h * n * d * 4 * layers, dense_step)
+    dense.clear()
+
+    packed = [(torch.rand(b, sum(row), d), torch.rand(b, sum(row), d)) for row in spans]
+    starts = [[sum(row[:i]) for i in range(h)] for row in spans]
+    q3 = torch.rand(b, h * g, d)
+    nbytes = 2 * b * sum(map(sum, spans)) * d * 4
+
+    def moa_step() -> None:
+        for (k, v), s, row in zip(packed, starts, spans, strict=True):
+            moa_decode_equal(q3, k, v, seg_start=s, lengths=row)
+
+    report("MoA, one call per KV head", layers * h, nbytes, moa_step)
+
+    groups = []  # per layer: (first head, heads, span) runs of adjacent equal spans
+    for row in spans:
+        runs: list[list[int]] = []
+        for i, span in enumerate(row):
+            if runs and runs[-1][2] == span:
+                runs[-1][1] += 1
+            else:
+                runs.append([i, 1, span])
+        groups.append(runs)
+    qg = q3.view(b, h, g, d)
+
+    def grouped_step() -> None:
+        for (k, v), s, runs in zip(packed, starts, groups, strict=True):
+            for first, count, span in runs:
+                lo = s[first]
+                kk = k[:, lo : lo + count * span].view(b, count, span, d)
+                vv = v[:, lo : lo + count * span].view(b, count, span, d)
+                F.scaled_dot_product_attention(qg[:, first : first + count], kk, vv)
+
+    report("MoA, adjacent equal heads in one call", sum(map(len, groups)), nbytes, grouped_step)
     return 0
 
 
