@@ -7,8 +7,9 @@ Each layer has a cache of its own, so a step streams every byte from memory as t
 cache is still in the CPU's caches when it is read again). Rows:
 
 - dense: `dense-static`'s call per layer, 9 query heads against a preallocated [B, 3, N, 64] cache with a boolean mask;
-- MoA: `moa_kernels.moa_decode_equal` per layer over a packed [B, sum(span), 64] cache, one fused SDPA per KV head;
-- MoA grouped: the same, with a layer's adjacent heads of equal span in one fused call.
+- MoA per head: over each layer's packed [B, sum(span), 64] cache, one fused SDPA per KV head (the decode before
+  adjacent heads were grouped);
+- MoA: `moa_kernels.moa_decode_equal` per layer, which puts a layer's adjacent heads of equal span in one fused call.
 
 It prints the step's attention time (median of repeats), the KV bytes it reads and the bandwidth reached, beside the
 copy bandwidth measured in the same run.
@@ -56,7 +57,9 @@ def main(argv: list[str]) -> int:
     src = torch.rand(128 * 2**20 // 4)
     dst = torch.empty_like(src)
     copy_gbs = 2 * src.numel() * 4 / _median_s(lambda: dst.copy_(src), 5) / 1e9
-    print(f"batch {b}, N {n}, {len(spans)} layers, fp32, one thread; copy bandwidth {copy_gbs:.1f} GB/s (read + write)\n")
+    print(
+        f"batch {b}, N {n}, {len(spans)} layers, fp32, one thread; copy bandwidth {copy_gbs:.1f} GB/s (read + write)\n"
+    )
     print("| attention of one step | fused calls | KV GB read | ms | GB/s |")
     print("| --- | --- | --- | --- | --- |")
 
@@ -81,32 +84,22 @@ def main(argv: list[str]) -> int:
     q3 = torch.rand(b, h * g, d)
     nbytes = 2 * b * sum(map(sum, spans)) * d * 4
 
+    qg = q3.view(b, h, g, d)
+
+    def per_head_step() -> None:
+        for (k, v), s, row in zip(packed, starts, spans, strict=True):
+            for head, (lo, span) in enumerate(zip(s, row, strict=True)):
+                kh, vh = k[:, lo : lo + span].unsqueeze(1), v[:, lo : lo + span].unsqueeze(1)
+                F.scaled_dot_product_attention(qg[:, head : head + 1], kh, vh)
+
+    report("MoA, one fused call per KV head (before)", layers * h, nbytes, per_head_step)
+
     def moa_step() -> None:
         for (k, v), s, row in zip(packed, starts, spans, strict=True):
             moa_decode_equal(q3, k, v, seg_start=s, lengths=row)
 
-    report("MoA, one call per KV head", layers * h, nbytes, moa_step)
-
-    groups = []  # per layer: (first head, heads, span) runs of adjacent equal spans
-    for row in spans:
-        runs: list[list[int]] = []
-        for i, span in enumerate(row):
-            if runs and runs[-1][2] == span:
-                runs[-1][1] += 1
-            else:
-                runs.append([i, 1, span])
-        groups.append(runs)
-    qg = q3.view(b, h, g, d)
-
-    def grouped_step() -> None:
-        for (k, v), s, runs in zip(packed, starts, groups, strict=True):
-            for first, count, span in runs:
-                lo = s[first]
-                kk = k[:, lo : lo + count * span].view(b, count, span, d)
-                vv = v[:, lo : lo + count * span].view(b, count, span, d)
-                F.scaled_dot_product_attention(qg[:, first : first + count], kk, vv)
-
-    report("MoA, adjacent equal heads in one call", sum(map(len, groups)), nbytes, grouped_step)
+    calls = sum(1 + sum(row[i] != row[i - 1] for i in range(1, h)) for row in spans)
+    report("MoA, `moa_decode_equal` (adjacent equal spans in one call)", calls, nbytes, moa_step)
     return 0
 
 
