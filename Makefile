@@ -129,7 +129,7 @@ plans-smollm2: assets ## The committed SmolLM2 gate plans (MoA, per-layer, DuoAt
 SMOLLM2_PLAN_DIR := plans/smollm2-135m-instruct
 SMOLLM2_PLANS := --plan moa-0.5=$(SMOLLM2_PLAN_DIR)/moa-gate64-1k2k-reference-0.5.json \
 	--plan moa-0.25=$(SMOLLM2_PLAN_DIR)/moa-gate64-1k2k-reference-0.25.json
-bench-smollm2: assets ## BENCHMARKS.md's SmolLM2 section: 8k x 8 decode vs the static cache (3 rounds), max batch in 8 GiB, chunked prefill, 2k/4k grid (~105 min)
+bench-smollm2: assets ## BENCHMARKS.md's SmolLM2 section: 8k x 8 decode vs the static cache (3 rounds), max batch in 8 GiB, chunked prefill, 2k/4k grid (~75 min)
 	$(BIN)/moa bench e2e --model models/smollm2-135m-instruct --lengths 8192 --batches 8 \
 		--methods dense-static,uniform,moa --densities 0.5,0.25 $(SMOLLM2_PLANS) \
 		--prefill-rows 1 --prefill-chunk 0 --new-tokens 32 --rounds 3 --profile-step --out runs/bench-smollm2/8k-b8
