@@ -7,9 +7,8 @@ Each layer has a cache of its own, so a step streams every byte from memory as t
 cache is still in the CPU's caches when it is read again). Rows:
 
 - dense: `dense-static`'s call per layer, 9 query heads against a preallocated [B, 3, N, 64] cache with a boolean mask;
-- MoA per head: over each layer's packed [B, sum(span), 64] cache, one fused SDPA per KV head (the decode before
-  adjacent heads were grouped);
-- MoA: `moa_kernels.moa_decode_equal` per layer, which puts a layer's adjacent heads of equal span in one fused call.
+- MoA: `moa_kernels.moa_decode_equal` per layer over a packed [B, sum(span), 64] cache, one fused SDPA per KV head;
+- MoA grouped (an experiment kept here): a layer's adjacent heads of equal span in one fused call.
 
 It prints the step's attention time (median of repeats), the KV bytes it reads and the bandwidth reached, beside the
 copy bandwidth measured in the same run.
@@ -84,22 +83,32 @@ def main(argv: list[str]) -> int:
     q3 = torch.rand(b, h * g, d)
     nbytes = 2 * b * sum(map(sum, spans)) * d * 4
 
-    qg = q3.view(b, h, g, d)
-
-    def per_head_step() -> None:
-        for (k, v), s, row in zip(packed, starts, spans, strict=True):
-            for head, (lo, span) in enumerate(zip(s, row, strict=True)):
-                kh, vh = k[:, lo : lo + span].unsqueeze(1), v[:, lo : lo + span].unsqueeze(1)
-                F.scaled_dot_product_attention(qg[:, head : head + 1], kh, vh)
-
-    report("MoA, one fused call per KV head (before)", layers * h, nbytes, per_head_step)
-
     def moa_step() -> None:
         for (k, v), s, row in zip(packed, starts, spans, strict=True):
             moa_decode_equal(q3, k, v, seg_start=s, lengths=row)
 
-    calls = sum(1 + sum(row[i] != row[i - 1] for i in range(1, h)) for row in spans)
-    report("MoA, `moa_decode_equal` (adjacent equal spans in one call)", calls, nbytes, moa_step)
+    report("MoA, `moa_decode_equal` (one fused call per KV head)", layers * h, nbytes, moa_step)
+
+    runs = []  # per layer: (first head, heads, span) of adjacent equal spans
+    for row in spans:
+        mine: list[list[int]] = []
+        for i, span in enumerate(row):
+            if mine and mine[-1][2] == span:
+                mine[-1][1] += 1
+            else:
+                mine.append([i, 1, span])
+        runs.append(mine)
+    qg = q3.view(b, h, g, d)
+
+    def grouped_step() -> None:
+        for (k, v), s, mine in zip(packed, starts, runs, strict=True):
+            for first, count, span in mine:
+                lo = s[first]
+                kk = k[:, lo : lo + count * span].view(b, count, span, d)
+                vv = v[:, lo : lo + count * span].view(b, count, span, d)
+                F.scaled_dot_product_attention(qg[:, first : first + count], kk, vv)
+
+    report("MoA, adjacent equal spans in one call (experiment)", sum(map(len, runs)), nbytes, grouped_step)
     return 0
 
 

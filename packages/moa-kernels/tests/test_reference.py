@@ -379,25 +379,3 @@ def test_blockwise_attend_cache_then_prefill_equals_one_prefill(sink, windows, t
     o, _ = merge_attention(o_c, lse_c.transpose(1, 2), o_n, lse_n.transpose(1, 2))
     whole, _ = dense_oracle_prefill(q, k, v, sink=sink, windows=w)
     torch.testing.assert_close(o, whole[:, t1:], atol=1e-12, rtol=0)
-
-
-def test_decode_equal_fuses_adjacent_full_rings_of_equal_span(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Three full rings of span 7 + 4 then one of 104: two fused calls, and still the dense oracle's answer."""
-    q, k, v = _inputs(2, 45, 8, 4, 8, dtype=torch.float64)
-    w = torch.tensor([7, 7, 7, 100])
-    cache = RingCache.empty(2, 8, sink=4, windows=w, dtype=torch.float64)
-    cache.extend(k, v)
-    calls = []
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-
-    def spy(qh, kh, vh, **kwargs):
-        calls.append(tuple(kh.shape))
-        return sdpa(qh, kh, vh, **kwargs)
-
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-    o = moa_decode_equal(
-        q[:, -1], cache.k, cache.v, seg_start=cache.seg_start.tolist(), lengths=cache.lengths[0].tolist()
-    )
-    assert calls == [(2, 3, 11, 8), (2, 1, 45, 8)]
-    o_ref, _ = dense_oracle_prefill(q, k, v, sink=4, windows=w)
-    torch.testing.assert_close(o[:, 0], o_ref[:, -1], atol=1e-12, rtol=0)

@@ -20,7 +20,7 @@ _OPTIONS = (
         default="influence",
         show_default=True,
         help="influence: MoA's first-order |E| (one backward per sample). ablation: the measured loss of cutting "
-        "each KV head to sink + window (layers x KV heads x --ablation-points forwards per sample; small models). "
+        "each KV head to sink + window (layers x KV heads x a few forwards per sample, `moa profile --ablation-points`; small models). "
         "greedy: cut heads to sink + one block cheapest first, measuring each cut on top of the cuts before it "
         "(captures heads that only matter together; see --greedy-group, --greedy-stop). "
         "gate: train one gate per KV head between its full and its sink + one block attention, under a growing "

@@ -3,8 +3,7 @@
 After an unpadded prompt (or once every row's ring is full) ``lengths[b, h]`` does not depend on
 ``b``, so each KV head's valid slots are one dense ``[B, L_h, D]`` view of the packed cache and
 the head's attention is one call of PyTorch's fused ``scaled_dot_product_attention`` (the flash
-kernel of the dense baseline) with no mask (adjacent heads of equal length whose segments follow
-each other share one call): K and V are streamed once, and no score tensor, mask
+kernel of the dense baseline) with no mask: K and V are streamed once, and no score tensor, mask
 or logsumexp pass is materialised. The lengths are Python integers, so the call never reads a
 tensor back: the runtime knows them from its own bookkeeping.
 
@@ -66,37 +65,20 @@ def moa_decode_equal(
     ragged_set = set(ragged)
     heads = q.reshape(bsz, h, g, dim)
     outs = []
-    head = 0
-    while head < h:
-        s, n = seg_start[head], lengths[head]
+    for head, (s, n) in enumerate(zip(seg_start, lengths, strict=True)):
         qh = heads[:, head : head + 1]
         if n == 0:
             outs.append(torch.zeros_like(qh))
-            head += 1
             continue
+        kh = k_cache[:, s : s + n].unsqueeze(1)
+        vh = v_cache[:, s : s + n].unsqueeze(1)
         if head in ragged_set and row_lengths is not None:
-            kh = k_cache[:, s : s + n].unsqueeze(1)
-            vh = v_cache[:, s : s + n].unsqueeze(1)
             rows = row_lengths[:, head].to(q.device).view(bsz, 1, 1, 1)
             slots = torch.arange(n, device=q.device).view(1, 1, 1, n)
             mask = torch.zeros(bsz, 1, 1, n, dtype=q.dtype, device=q.device).masked_fill(slots >= rows, float("-inf"))
             mask = mask.masked_fill(rows == 0, 0.0)  # a row with no slot: any finite scores, zeroed below
             o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=sm_scale)
             outs.append(o * (rows > 0).to(o.dtype))
-            head += 1
             continue
-        # Adjacent heads of the same length whose segments follow each other (full rings of equal span)
-        # are one [B, count, n, D] view: one fused call for all of them (fewer calls, less dispatch).
-        count = 1
-        while (
-            head + count < h
-            and head + count not in ragged_set
-            and lengths[head + count] == n
-            and seg_start[head + count] == s + count * n
-        ):
-            count += 1
-        kh = k_cache[:, s : s + count * n].reshape(bsz, count, n, dim)
-        vh = v_cache[:, s : s + count * n].reshape(bsz, count, n, dim)
-        outs.append(F.scaled_dot_product_attention(heads[:, head : head + count], kh, vh, scale=sm_scale))
-        head += count
+        outs.append(F.scaled_dot_product_attention(qh, kh, vh, scale=sm_scale))
     return torch.cat(outs, dim=1).view(bsz, 1, hq, dim)
