@@ -17,20 +17,8 @@ copy bandwidth measured in the same run.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
-
-
-def _median_s(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main(argv: list[str]) -> int:
@@ -44,18 +32,21 @@ def main(argv: list[str]) -> int:
     import torch
     import torch.nn.functional as F
 
+    from moa_kernels.benchmark import copy_bandwidth, median_seconds
     from moa_kernels.ops.moa_decode.sdpa import moa_decode_equal
-    from moa_plan import Plan
+    from moa_plan import Plan, PlanError
 
     torch.set_num_threads(1)
     b, h, g, d, n = args.batch, 3, 3, 64, args.length
-    spans = [[int(x) for x in row] for row in Plan.load(args.plan).spans(n).tolist()]
+    try:
+        spans = [[int(x) for x in row] for row in Plan.load(args.plan).spans(n).tolist()]
+    except PlanError as e:
+        print(f"error: {e}")
+        return 2
     if len(spans[0]) != h:
         print(f"error: the plan has {len(spans[0])} KV heads per layer, this script models SmolLM2's {h}.")
         return 2
-    src = torch.rand(128 * 2**20 // 4)
-    dst = torch.empty_like(src)
-    copy_gbs = 2 * src.numel() * 4 / _median_s(lambda: dst.copy_(src), 5) / 1e9
+    copy_gbs = copy_bandwidth("cpu", 128 * 2**20) / 1e9
     print(
         f"batch {b}, N {n}, {len(spans)} layers, fp32, one thread; copy bandwidth {copy_gbs:.1f} GB/s (read + write)\n"
     )
@@ -63,7 +54,7 @@ def main(argv: list[str]) -> int:
     print("| --- | --- | --- | --- | --- |")
 
     def report(name: str, calls: int, nbytes: int, fn: Callable[[], object]) -> None:
-        s = _median_s(fn, args.repeats)
+        s = median_seconds(fn, args.repeats, warmup=1)
         print(f"| {name} | {calls} | {nbytes / 1e9:.3f} | {s * 1e3:.1f} | {nbytes / 1e9 / s:.1f} |")
 
     layers = len(spans)

@@ -21,27 +21,9 @@ on the band can be read against dense's.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
-
-
-def _median_s(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def _scores(n: int, sink: int, window: int) -> int:
-    """Visible (query, key) pairs of one KV head: j <= i and (j < sink or i - j < window)."""
-    prefix = min(n, window + sink)
-    return prefix * (prefix + 1) // 2 + (n - prefix) * (window + sink)
 
 
 def main(argv: list[str]) -> int:
@@ -55,11 +37,19 @@ def main(argv: list[str]) -> int:
     import torch
 
     from moa_kernels import moa_prefill
-    from moa_plan import load_plan
+    from moa_kernels.benchmark import area_density, median_seconds
+    from moa_plan import PlanError, load_plan
 
     torch.set_num_threads(1)
-    plan = load_plan(args.plan)
+    try:
+        plan = load_plan(args.plan)
+    except PlanError as e:
+        print(f"error: {e}")
+        return 2
     n, heads, group, dim = args.length, plan.num_kv_heads, 3, 64
+    if heads != 3:
+        print(f"error: the plan has {heads} KV heads per layer, this script models SmolLM2's 3.")
+        return 2
     windows = torch.as_tensor(plan.windows(n)).reshape(plan.num_layers, heads)
     g = torch.Generator().manual_seed(0)
     q = torch.randn(1, n, heads * group, dim, generator=g)
@@ -72,21 +62,23 @@ def main(argv: list[str]) -> int:
         kh, vh = (x.transpose(1, 2).repeat_interleave(group, dim=1) for x in (k, v))
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qh, kh, vh, 0.0, True, scale=scale)
 
-    dense_s = _median_s(dense_layer, args.repeats) * plan.num_layers
+    dense_s = median_seconds(dense_layer, args.repeats, warmup=1) * plan.num_layers
     dense_scores = plan.num_layers * heads * group * n * (n + 1) // 2
     moa_s = sum(
-        _median_s(lambda w=w: moa_prefill(q, k, v, sink=plan.sink, windows=w, scale=scale), args.repeats)
+        median_seconds(lambda w=w: moa_prefill(q, k, v, sink=plan.sink, windows=w, scale=scale), args.repeats, warmup=1)
         for w in windows
     )
-    moa_scores = group * sum(_scores(n, plan.sink, int(w)) for w in windows.flatten().tolist())
+    triangle = n * (n + 1) / 2
+    moa_scores = group * triangle * sum(area_density(n, plan.sink, int(w)) for w in windows.flatten().tolist())
     area = moa_scores / dense_scores
     keys = max(1, round(moa_scores / (plan.num_layers * heads * group * n)))
     kr, vr = (x[:, :keys].transpose(1, 2).repeat_interleave(group, dim=1).contiguous() for x in (k, v))
-    rect_s = plan.num_layers * _median_s(
+    rect_s = plan.num_layers * median_seconds(
         lambda: torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             q.transpose(1, 2), kr, vr, 0.0, False, scale=scale
         ),
         args.repeats,
+        warmup=1,
     )
     rect_scores = plan.num_layers * heads * group * n * keys
 
@@ -117,14 +109,14 @@ def main(argv: list[str]) -> int:
         kx, vx = kh.expand(1, group, n, dim), vh.expand(1, group, n, dim)
         compiled(qh, kx, vx, block_mask=mask, scale=scale)
         setup = time.perf_counter() - start
-        flex_s = _median_s(lambda: compiled(qh, kx, vx, block_mask=mask, scale=scale), args.repeats)
-        ours_s = _median_s(
+        flex_s = median_seconds(lambda: compiled(qh, kx, vx, block_mask=mask, scale=scale), args.repeats, warmup=1)
+        ours_s = median_seconds(
             lambda: moa_prefill(
                 q[:, :, :group], k[:, :, :1], v[:, :, :1], sink=sink, windows=torch.tensor([window]), scale=scale
             ),
             args.repeats,
         )
-        scores = group * _scores(n, sink, window)
+        scores = group * triangle * area_density(n, sink, window)
         print(f"\nOne KV head group, window {window} ({count} heads of the plan have it):")
         print(
             f"- FlexAttention: {flex_s * 1e3:.0f} ms ({flex_s / scores * 1e9:.2f} ns per score; mask + compile {setup:.0f} s)"

@@ -41,3 +41,14 @@ def test_cpu_quick_smoke_mode_ends_with_json(capsys):
     assert result["copy_bytes_per_s"] > 0
     assert {r["op"] for r in result["rows"]} == {"prefill", "decode"}
     assert all(r["ms"]["moa"] > 0 and r["ms"]["sdpa_dense"] > 0 for r in result["rows"])
+
+
+def test_median_seconds_times_repeats_after_warmup(monkeypatch):
+    """A fake clock: only the timed calls count, and the result is the median of their durations."""
+    import moa_kernels.benchmark as bench
+
+    calls = []
+    ticks = iter([0.0, 1.0, 10.0, 16.0, 20.0, 22.0])  # durations 1, 6, 2: median 2 (mean 3)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(ticks, 100.0))
+    assert bench.median_seconds(lambda: calls.append(1), repeats=3, warmup=2) == 2.0
+    assert len(calls) == 5

@@ -30,6 +30,7 @@ __all__ = [
     "area_density",
     "config_from_args",
     "copy_bandwidth",
+    "median_seconds",
     "format_table",
     "run_benchmarks",
     "window_for_density",
@@ -104,16 +105,21 @@ def _timer(device: str) -> Callable[[Callable[[], Any]], float]:
         return cuda_ms
 
     def cpu_ms(fn: Callable[[], Any]) -> float:
-        fn()
-        fn()
-        times = []
-        for _ in range(7):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return 1e3 * statistics.median(times)
+        return 1e3 * median_seconds(fn, repeats=7, warmup=2)
 
     return cpu_ms
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int = 7, warmup: int = 2) -> float:
+    """Median wall seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (host clock: CPU work)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def copy_bandwidth(device: str, nbytes: int) -> float:
