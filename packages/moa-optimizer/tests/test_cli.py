@@ -149,6 +149,39 @@ def test_shape_by_optimizes_the_shaped_profile(profile_files, small_profiles, tm
     assert "--shape-by has no profile of length" in line
 
 
+def test_mix_optimizes_the_mixed_profile(profile_files, small_profiles, tmp_path):
+    from moa_plan import load_profile, mix_profiles
+
+    # A second objective of another scale and distance shape: the profiles rolled and divided by 100.
+    others = []
+    for p in small_profiles:
+        rolled = type(p)(**{**p.__dict__, "hist": p.hist[..., ::-1].copy() / 100})
+        others.append(rolled.save(tmp_path / f"m{p.length}.safetensors"))
+    args = ["--density", "0.5", "--single", "--time-limit", "60", "--no-plots"]
+    mix_args = [a for s in others for a in ("--mix", s)]
+    result = _run(["--profiles", *profile_files, *mix_args, "--mix-weight", "2", *args, "--out", tmp_path / "a"])
+    assert result.exit_code == 0, result.output
+    # Oracle: the profiles mixed by the library function, written to files first.
+    mixed = [
+        mix_profiles(load_profile(f), load_profile(o), 2.0).save(tmp_path / f"x{i}.safetensors")
+        for i, (f, o) in enumerate(zip(profile_files, others, strict=True))
+    ]
+    result = _run(["--profiles", *mixed, *args, "--out", tmp_path / "b"])
+    assert result.exit_code == 0, result.output
+    a, b = Plan.load(tmp_path / "a" / "plan_00.json"), Plan.load(tmp_path / "b" / "plan_00.json")
+    for plan in (a, b):
+        assert plan.provenance.extra["status"] == "optimal"
+    key = f"loss@{a.provenance.extra['objective_length']}"
+    gap = max(a.provenance.extra["gap"], b.provenance.extra["gap"], 1e-9)
+    assert a.provenance.objectives[key] == pytest.approx(b.provenance.objectives[key], rel=2 * gap + 1e-6)
+    line = _one_sentence_error(_run(["--profiles", *profile_files, "--mix", others[0], *args, "--out", tmp_path / "c"]))
+    assert "--mix has no profile of length" in line
+    line = _one_sentence_error(
+        _run(["--profiles", *profile_files, *mix_args, "--mix-weight", "-1", *args, "--out", tmp_path / "d"])
+    )
+    assert "--mix-weight" in line
+
+
 def test_profiles_of_one_length_are_merged_by_sample_count(profile_files, small_profiles, tmp_path):
     # Each length profiled twice (say, one calibration task each): 1 sample and 3 samples.
     files = []

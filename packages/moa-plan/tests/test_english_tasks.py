@@ -226,9 +226,9 @@ def _check_no_leak(essays: dict[str, str], length: int, n: int) -> None:
             assert any(line in r.context for line in eval_lines)
     # Sentence by sentence too: ``codes`` repeats a passage of sentences, not whole lines of a file.
     cal_sentences, eval_sentences = _unique_sentences(essays, calibration), _unique_sentences(essays, evaluation)
-    for task in ("summary", *RECALL_TASKS):
+    for task in ("summary", "continue", *RECALL_TASKS):
         for r in generate(task, n, target_length=length, essays=essays):
-            assert not any(line in r.context for line in eval_lines), task
+            assert not any(line in r.context + (r.answer or "") for line in eval_lines), task
             assert not any(x in r.context for x in eval_sentences), task
             assert task == "codes" or any(line in r.context for line in cal_lines), task
             assert any(x in r.context for x in cal_sentences), task
@@ -250,6 +250,29 @@ def test_real_essays_split_and_no_leak() -> None:
     _check_no_leak(essays, 2048, 10)
 
 
+@pytest.mark.parametrize("counter", [word_count, char_count], ids=["words", "chars"])
+def test_continue_is_a_calibration_passage_and_the_prose_after_it(counter) -> None:  # type: ignore[no-untyped-def]
+    from moa_plan.tasks.english import CONTINUE_ANSWER_TOKENS
+
+    length, overhead = 600, 2
+    records = gen("continue", 8, length, count_tokens=counter, overhead=overhead)
+    assert len({r.context for r in records}) == 8
+    for r in records:
+        assert r.metadata["format"] == "plain" and r.question == "" and r.answer
+        # The prompt reaches the length (calibration cuts it to fit with its answer), by less than a sentence.
+        assert length <= counter(r.context) + overhead <= length + SENTENCE
+        assert CONTINUE_ANSWER_TOKENS <= counter(r.answer) <= CONTINUE_ANSWER_TOKENS + SENTENCE
+        # Oracle: the answer's first sentence comes right after the context's last one in a calibration essay
+        # (or starts the next essay of the stream).
+        last = split_sentences(r.context)[-1].strip()
+        following = split_sentences(r.answer.lstrip("\n"))[0].strip()
+        owners = [n for n in CALIBRATION if last in ESSAYS[n]]
+        assert owners, r.metadata
+        pieces = [x.strip() for x in split_sentences(ESSAYS[owners[0]])]
+        at = pieces.index(last)
+        assert r.answer.startswith("\n\n") if at == len(pieces) - 1 else pieces[at + 1] == following
+
+
 def test_essay_ppl_texts_are_evaluation_essays_cut_to_length() -> None:
     texts = essay_ppl_texts(5, 500, word_count, 2, essays=ESSAYS)
     assert texts == essay_ppl_texts(5, 500, word_count, 2, essays=ESSAYS)
@@ -259,6 +282,20 @@ def test_essay_ppl_texts_are_evaluation_essays_cut_to_length() -> None:
         first = text.split("\n", 1)[0]
         owner = [n for n, e in ESSAYS.items() if e.startswith(first)]
         assert owner and owner[0] in EVALUATION
+
+
+def test_essay_ppl_texts_of_the_calibration_side_read_only_calibration_essays() -> None:
+    texts = essay_ppl_texts(5, 500, word_count, 2, essays=ESSAYS, side="calibration")
+    assert len(set(texts)) == 5
+    for text in texts:
+        assert 500 - SENTENCE <= word_count(text) <= 500
+        owners = {m.group(1) for m in re.finditer(r"Essay(\d+) part", text)}
+        assert owners and all(f"essay{int(o):02d}" in CALIBRATION for o in owners)
+    assert not set(texts) & set(essay_ppl_texts(5, 500, word_count, 2, essays=ESSAYS))
+    with pytest.raises(TaskError, match="unknown essay side"):
+        essay_ppl_texts(1, 500, essays=ESSAYS, side="both")
+    with pytest.raises(TaskError, match="must be positive"):
+        essay_ppl_texts(0, 500, essays=ESSAYS, side="calibration")
 
 
 def test_errors() -> None:

@@ -239,3 +239,35 @@ def test_merge_profiles_refuses_other_models_and_nothing() -> None:
         merge_profiles([make(), alien])
     with pytest.raises(ProfileError, match="no profiles"):
         merge_profiles([])
+
+
+def test_mix_profiles_adds_the_other_objective_at_the_given_share_of_the_range() -> None:
+    from moa_plan import mix_profiles
+
+    base, other = make(seed=4), make(seed=5)
+    other = dataclasses.replace(other, hist=other.hist * 1e-3)  # a prose loss: hundredths where recall has nats
+    kv_base = base.hist.astype(np.float64).reshape(2, 2, 2, -1).sum(2)
+    kv_other = other.hist.astype(np.float64).reshape(2, 2, 2, -1).sum(2)
+    for weight in (0.0, 0.5, 1.0, 3.0):
+        mixed = mix_profiles(base, other, weight)
+        # Oracle by brute force: scale so that every head cut to the block costs weight x the base's cost.
+        scale = weight * brute_window_loss(kv_base, 4).sum() / brute_window_loss(kv_other, 4).sum()
+        for w in (0, 4, 9, 30, 36):
+            want = brute_window_loss(kv_base, w) + scale * brute_window_loss(kv_other, w)
+            np.testing.assert_allclose(mixed.window_loss(w), want, rtol=1e-9)
+        cut = mixed.window_loss(4).sum() - base.window_loss(4).sum()
+        assert cut == pytest.approx(weight * base.window_loss(4).sum(), rel=1e-9)
+    assert "mixed with" in (mix_profiles(base, other).notes or "")
+
+
+def test_mix_profiles_refuses_mismatches_and_an_empty_objective() -> None:
+    from moa_plan import mix_profiles
+
+    with pytest.raises(ProfileError, match="different length"):
+        mix_profiles(make(), make(length=41))
+    with pytest.raises(ProfileError, match="weight"):
+        mix_profiles(make(), make(seed=1), -1.0)
+    flat = make(seed=1)
+    flat = dataclasses.replace(flat, hist=np.zeros_like(flat.hist))
+    with pytest.raises(ProfileError, match="nothing to scale"):
+        mix_profiles(make(), flat)

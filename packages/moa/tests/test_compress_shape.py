@@ -75,3 +75,29 @@ def test_the_gate_statistic_reaches_moa_profile_and_is_shaped(tmp_path: Path, mo
     # A gate setting is a profile setting: changing it re-runs the profile and what follows.
     again = _stages(tmp_path, monkeypatch, statistic="gate", gate_steps=80, gate_lr=0.05, gate_penalty=0.25)
     assert [c[0] for c in again] == ["profile", "profile", "optimize"]
+
+
+@pytest.mark.skipif(not REFERENCE.is_dir(), reason="the reference model is not in the tree")
+def test_a_mix_task_is_profiled_on_its_own_set_and_mixed_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "mix-calibration.parquet").write_text("prose")
+    calls = _stages(tmp_path, monkeypatch, statistic="gate", mix_task="continue", mix_weight=0.5)
+    gate, influence, mix, optimize = calls
+    assert mix[1] == str(tmp_path / "mix-calibration.parquet") and influence[1] == gate[1]
+    assert mix[mix.index("--statistic") + 1] == "influence"
+    assert mix[mix.index("--out") + 1] == str(tmp_path / "mix")
+    mixed = [optimize[i + 1] for i, word in enumerate(optimize) if word == "--mix"]
+    assert mixed == [str(tmp_path / "mix" / f"profile-{n}.safetensors") for n in (512, 1024)]
+    assert optimize[optimize.index("--mix-weight") + 1] == "0.5"
+    # The weight is an optimize setting: changing it re-runs the optimizer only.
+    again = _stages(tmp_path, monkeypatch, statistic="gate", mix_task="continue", mix_weight=2.0)
+    assert [c[0] for c in again] == ["optimize"] and again[0][again[0].index("--mix-weight") + 1] == "2.0"
+
+
+@pytest.mark.skipif(not REFERENCE.is_dir(), reason="the reference model is not in the tree")
+@pytest.mark.parametrize("task", ["niah", "essay-ppl"])
+def test_a_mix_task_on_evaluation_text_is_refused(tmp_path: Path, task: str) -> None:
+    from moa_plan import MoaError
+
+    s = CompressSettings(model=REFERENCE, densities=[0.5], lengths=[512], out=tmp_path, mix_task=task)
+    with pytest.raises(MoaError, match=f"--mix-task '{task}' reads evaluation text"):
+        pipeline._check_inputs(s)

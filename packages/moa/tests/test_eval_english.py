@@ -168,6 +168,19 @@ def test_cli_ppl_essays_matches_a_direct_forward(essays_dir: Path, tmp_path: Pat
         assert rows["dense", n]["loss"] == pytest.approx(total / tokens, rel=1e-4)
         assert rows["dense", n]["kv_density"] == 1.0
     assert rows["uniform-0.5", 300]["kv_density"] < 0.7
+    # --side calibration: the same forward over calibration essays (validation text), not the evaluation ones.
+    side = _invoke("eval", "ppl", "--model", REFERENCE, "--essays", essays_dir, "--lengths", "300", "--samples", "2",
+                   "--seed", "7", "--side", "calibration", "--json")  # fmt: skip
+    assert side.exit_code == 0, side.output
+    (row,) = json.loads(side.stdout)
+    total, tokens = 0.0, 0
+    for text in essay_ppl_texts(2, 300, count, 7, essays=_essays(), side="calibration"):
+        ids = tokenizer(text, return_tensors="pt").input_ids
+        with torch.inference_mode():
+            logits = model(input_ids=ids).logits[0, :-1]
+        total += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+        tokens += ids.shape[1] - 1
+    assert row["loss"] == pytest.approx(total / tokens, rel=1e-4) and row["loss"] != rows["dense", 300]["loss"]
     # At 128 tokens a half window is the sink + one block: the whole text, the same loss.
     assert rows["uniform-0.5", 128]["loss"] == pytest.approx(rows["dense", 128]["loss"], rel=1e-4)
 

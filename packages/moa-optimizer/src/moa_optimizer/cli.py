@@ -50,6 +50,20 @@ def _shaped(profiles: list[Any], shape_paths: tuple[Path, ...]) -> list[Any]:
     return [shape_profile(p, shapes[p.length]) for p in profiles]
 
 
+def _mixed(profiles: list[Any], mix_paths: tuple[Path, ...], weight: float) -> list[Any]:
+    """Each profile mixed with the --mix profile of its length (`moa_plan.mix_profiles`)."""
+    from moa_plan import ProfileError, mix_profiles
+
+    others = _by_length([load_profile(path) for path in mix_paths])
+    missing = sorted({p.length for p in profiles} - set(others))
+    if missing:
+        raise ProfileError(f"--mix has no profile of length {missing[0]} (give one per profiled length).")
+    extra = sorted(set(others) - {p.length for p in profiles})
+    if extra:
+        raise ProfileError(f"--mix has a profile of length {extra[0]}, which no --profiles file has.")
+    return [mix_profiles(p, others[p.length], weight) for p in profiles]
+
+
 @click.command("optimize")
 @click.option(
     "--profiles",
@@ -129,6 +143,22 @@ def _shaped(profiles: list[Any], shape_paths: tuple[Path, ...]) -> list[Any]:
     "--statistic greedy) is spread over distances like this one's influence (moa_plan.shape_profile); repeatable "
     "(those of the same length are merged by sample count).",
 )
+@click.option(
+    "--mix",
+    "mix_paths",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Profile(s) of a second objective, one per profiled length (e.g. the influence of a prose continuation, "
+    "`moa calibrate --task continue`): added after --shape-by, scaled so that cutting every head to the sink + "
+    "one block costs --mix-weight times what it costs in the first (moa_plan.mix_profiles); repeatable.",
+)
+@click.option(
+    "--mix-weight",
+    type=click.FloatRange(min=0.0),
+    default=1.0,
+    show_default=True,
+    help="Weight of the --mix objective against the first, at equal range.",
+)
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--show-rules", is_flag=True, help="Print the rule grid (spans at every constrained length) first.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output directory.")
@@ -152,6 +182,8 @@ def optimize_command(
     alphas: str | None,
     betas: str | None,
     shape_paths: tuple[Path, ...],
+    mix_paths: tuple[Path, ...],
+    mix_weight: float,
     no_plots: bool,
     show_rules: bool,
     out: Path,
@@ -193,6 +225,8 @@ def optimize_command(
     profiles = list(_run(lambda: _by_length(profiles)).values())
     if shape_paths:
         profiles = _run(lambda: _shaped(profiles, shape_paths))
+    if mix_paths:
+        profiles = _run(lambda: _mixed(profiles, mix_paths, mix_weight))
     if show_rules and not as_json:
         from moa_optimizer.grid import format_rule_table, make_grid
 

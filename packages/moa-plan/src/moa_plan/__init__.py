@@ -18,6 +18,7 @@ from moa_plan.profile import (
     Profile,
     load_profile,
     merge_profiles,
+    mix_profiles,
     save_profile,
     shape_profile,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "load_plan",
     "load_profile",
     "merge_profiles",
+    "mix_profiles",
     "mask_area",
     "read_gguf_header",
     "read_records",

@@ -39,7 +39,15 @@ from moa_plan.errors import ProfileError
 from moa_plan.fingerprint import ModelFingerprint
 from moa_plan.io import atomic_write
 
-__all__ = ["PROFILE_FORMAT_VERSION", "Profile", "load_profile", "merge_profiles", "save_profile", "shape_profile"]
+__all__ = [
+    "PROFILE_FORMAT_VERSION",
+    "Profile",
+    "load_profile",
+    "merge_profiles",
+    "mix_profiles",
+    "save_profile",
+    "shape_profile",
+]
 
 PROFILE_FORMAT_VERSION = 1
 _REQUIRED_META = ("format", "format_version", "fingerprint", "length", "sink", "block", "num_samples")
@@ -233,6 +241,54 @@ def merge_profiles(profiles: Sequence[Profile]) -> Profile:
         versions=dict(first.versions),
         mean_loss=float(np.dot(weights, losses)) if all(x is not None for x in losses) else None,  # type: ignore[arg-type]
         notes="merged: " + "; ".join(f"{p.notes or 'a profile'} ({p.num_samples} samples)" for p in profiles),
+    )
+
+
+def mix_profiles(base: Profile, other: Profile, weight: float = 1.0) -> Profile:
+    """One objective of two: ``base`` plus ``other`` scaled to ``weight`` times ``base``'s range.
+
+    Two calibration objectives need not share a scale: a recall task's answer loss moves by nats when
+    its heads are cut, a prose continuation's by hundredths. The mix rescales ``other`` so that cutting
+    every KV head to the sink + one block (the least any rule keeps, ``window_loss(block)`` summed
+    over heads) costs ``weight`` times what it costs in ``base``, then adds it bucket by bucket, so
+    that a window's loss in the mix is ``base``'s loss plus the scaled loss of ``other`` for the
+    same window. ``weight`` is a prior (1: both objectives count alike), fixed before a plan is
+    evaluated.
+
+    Raises:
+        ProfileError: a negative weight, profiles that differ in model, length, sink, block or
+            buckets, or an ``other`` with no influence beyond one block (nothing to scale).
+    """
+    if not weight >= 0 or not math.isfinite(weight):
+        raise ProfileError(f"the mix weight must be a finite number >= 0, got {weight}.")
+    for name in ("length", "sink", "block"):
+        if getattr(base, name) != getattr(other, name):
+            raise ProfileError(
+                f"cannot mix profiles of a different {name} ({getattr(base, name)} vs {getattr(other, name)})."
+            )
+    same_edges = (base.edges is None and other.edges is None) or (
+        base.edges is not None and other.edges is not None and np.array_equal(base.edges, other.edges)
+    )
+    if base.model != other.model or base.hist.shape != other.hist.shape or not same_edges:
+        raise ProfileError("cannot mix profiles of different models or distance buckets.")
+    base_range = float(base.window_loss(base.block).sum())
+    other_range = float(other.window_loss(other.block).sum())
+    if not other_range > 0:
+        raise ProfileError("the profile to mix in has no influence beyond one block, so there is nothing to scale.")
+    scale = weight * base_range / other_range
+    return Profile(
+        model=base.model,
+        length=base.length,
+        sink=base.sink,
+        block=base.block,
+        num_samples=base.num_samples,
+        hist=base.hist.astype(np.float64) + scale * other.hist.astype(np.float64),
+        sink_influence=np.asarray(base.sink_influence, dtype=np.float64)
+        + scale * np.asarray(other.sink_influence, dtype=np.float64),
+        edges=base.edges,
+        versions=dict(base.versions),
+        mean_loss=base.mean_loss,
+        notes=f"{base.notes or 'a profile'}; mixed with {other.notes or 'a profile'} at weight {weight:g}",
     )
 
 

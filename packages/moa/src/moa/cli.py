@@ -176,6 +176,14 @@ def retrieval(
 )
 @click.option("--seed", type=int, default=1234, show_default=True, help="Which essays start the --essays texts.")
 @click.option("--max-samples", type=click.IntRange(min=1), help="Use only the first N samples of --data.")
+@click.option(
+    "--side",
+    type=click.Choice(["evaluation", "calibration"]),
+    default="evaluation",
+    show_default=True,
+    help="Which essays --essays reads: the held-out evaluation essays (to report), or the calibration essays (to "
+    "choose a setting by, e.g. moa optimize --mix-weight, without looking at evaluation text).",
+)
 @click.option("--out", type=click.Path(path_type=Path), help="Also write ppl.parquet and ppl.md here.")
 @click.option("--json", "as_json", is_flag=True)
 def ppl(
@@ -187,6 +195,7 @@ def ppl(
     samples: int,
     seed: int,
     max_samples: int | None,
+    side: str,
     out: Path | None,
     as_json: bool,
 ) -> None:
@@ -213,7 +222,9 @@ def ppl(
 
         # The tokenizer's own special tokens (a BOS) count towards the length.
         overhead = len(tokenizer("a").input_ids) - count("a")
-        texts = {n: essay_ppl_texts(samples, n, count, seed, essays=essays, overhead=overhead) for n in lengths}
+        texts = {
+            n: essay_ppl_texts(samples, n, count, seed, essays=essays, overhead=overhead, side=side) for n in lengths
+        }
         rows = essay_perplexity(model, tokenizer, specs, texts, progress=_echo_err)
         columns = ["plan", "length", "loss", "ppl", "samples", "tokens", "kv_density"]
     else:
@@ -402,6 +413,19 @@ def validate(
     help="Divide the optimizer's rule-grid steps by this (1: the original MoA grid).",
 )
 @click.option(
+    "--mix-task",
+    default="",
+    help="A second calibration objective (e.g. continue: prose continuation of the calibration essays), profiled "
+    "with MoA's influence and added by moa optimize --mix, so that the plans also keep what prose needs.",
+)
+@click.option(
+    "--mix-weight",
+    type=click.FloatRange(min=0.0),
+    default=1.0,
+    show_default=True,
+    help="Weight of --mix-task against the first objective, at equal range (moa_plan.mix_profiles).",
+)
+@click.option(
     "--layer-baseline/--no-layer-baseline",
     default=True,
     show_default=True,
@@ -446,6 +470,8 @@ def compress(
     gate_penalty: float,
     shape: bool,
     grid_resolution: int,
+    mix_task: str,
+    mix_weight: float,
     out: Path,
 ) -> None:
     """calibrate -> profile -> optimize -> validate (-> evaluate) in one resumable command."""
@@ -489,6 +515,8 @@ def compress(
         gate_penalty=gate_penalty,
         shape=shape,
         grid_resolution=grid_resolution,
+        mix_task=mix_task.strip(),
+        mix_weight=mix_weight,
         out=out,
     )
     result: dict[str, Any] = run_compress(settings, echo=_echo_err)

@@ -78,6 +78,11 @@ class CompressSettings:
     shape: bool = True
     # Rule-grid resolution of the optimizer (1: the original MoA grid).
     grid_resolution: int = 1
+    # A second calibration objective (e.g. ``continue``: prose continuation of the calibration essays, its
+    # reference answers): profiled with MoA's influence on its own calibration set (``samples`` per length) and
+    # added to the first by `moa optimize --mix` at ``mix_weight`` times its range. Empty: none.
+    mix_task: str = ""
+    mix_weight: float = 1.0
 
     @property
     def val_length(self) -> int:
@@ -180,6 +185,11 @@ def _check_inputs(s: CompressSettings) -> None:
     unknown = sorted(set(evaluated) - set(EVAL_TASKS))
     if s.eval_lengths and unknown:
         raise MoaError(f"unknown evaluation task {unknown[0]!r}; choose from {', '.join(EVAL_TASKS)}")
+    mixed = sorted({t.strip() for t in s.mix_task.split(",") if t.strip()} & {*EVAL_TASKS, "essay-ppl"})
+    if mixed:
+        raise MoaError(
+            f"--mix-task {mixed[0]!r} reads evaluation text; mix in a calibration task (e.g. continue) instead"
+        )
     clash = sorted(set(tasks) & set(EVAL_TASKS))
     if s.eval_lengths and clash:
         raise MoaError(
@@ -192,18 +202,20 @@ def _check_inputs(s: CompressSettings) -> None:
 # set re-runs the profile): changing one re-runs that stage and the ones after it, changing another
 # stage's setting (e.g. the evaluation lengths) does not re-run this one.
 _STAGE_SETTINGS = {
-    "calibrate": ("model", "lengths", "task", "records", "template", "max_new_tokens", "samples", "answers"),
+    "calibrate": (
+        "model", "lengths", "task", "records", "template", "max_new_tokens", "samples", "answers", "mix_task",
+    ),
     "validation-data": (
         "model", "task", "records", "validation_records", "template", "max_new_tokens", "validation_samples",
         "val_length", "answers",
     ),
     "profile": (
         "model", "sink", "block", "statistic", "greedy_group", "greedy_stop", "greedy_lazy", "gate_steps", "gate_lr",
-        "gate_penalty", "shape",
+        "gate_penalty", "shape", "mix_task",
     ),
     "optimize": (
         "densities", "lengths", "extend", "optimizer", "time_limit", "sink", "block", "layer_baseline",
-        "duo_baseline", "grid_resolution", "shape",
+        "duo_baseline", "grid_resolution", "shape", "mix_task", "mix_weight",
     ),
     "validate": ("model", "densities", "layer_baseline", "duo_baseline"),
     "evaluate": ("model", "densities", "layer_baseline", "duo_baseline", "eval_lengths", "eval_samples", "eval_tasks"),
@@ -220,6 +232,8 @@ class _Compress:
         self.profile_files = [s.out / "profiles" / f"profile-{n}.safetensors" for n in s.lengths]
         shaped = s.shape and s.statistic != "influence"
         self.shape_files = [s.out / "influence" / f"profile-{n}.safetensors" for n in s.lengths] if shaped else []
+        self.mix_calib = s.out / "mix-calibration.parquet"
+        self.mix_files = [s.out / "mix" / f"profile-{n}.safetensors" for n in s.lengths] if s.mix_task else []
         self.names = [name for name, _ in _variants(s, s.densities[0])]
 
     def stage(self, name: str, inputs: Sequence[Path], outputs: Sequence[Path], run: Callable[[], Any]) -> None:
@@ -243,12 +257,18 @@ class _Compress:
     def calibrate(self) -> None:
         s, inputs = self.s, [self.s.model, *([self.s.records] if self.s.records else [])]
         lengths = ",".join(map(str, s.lengths))
-        self.stage(
-            "calibrate",
-            inputs,
-            [self.calib],
-            lambda: self._calibrate(lengths, s.samples, 0, s.records, self.calib, "calibrate"),
-        )
+
+        def run() -> None:
+            self._calibrate(lengths, s.samples, 0, s.records, self.calib, "calibrate")
+            if s.mix_task:
+                # The second objective's own set: plain text and reference answers (a continuation has no
+                # question for the model to answer), whatever the first set's template and answers.
+                args = ["--task", s.mix_task, "--num-samples", s.samples, "--lengths", lengths, "--seed", 0]
+                args += ["--template", "plain", "--answers", "reference", "--skip-unfit", "--out", self.mix_calib]
+                _moa(["calibrate", "--model", s.model, *args, "--quiet"], "calibrate", self.echo)
+
+        outputs = [self.calib, *([self.mix_calib] if s.mix_task else [])]
+        self.stage("calibrate", inputs, outputs, run)
         records = s.validation_records or s.records
         self.stage(
             "validation-data",
@@ -271,12 +291,18 @@ class _Compress:
         shape = ["profile", self.calib, "--model", s.model, "--out", self.out / "influence", "--sink", s.sink]
         shape += ["--block", s.block, "--statistic", "influence", "--quiet"]
 
+        mix = ["profile", self.mix_calib, "--model", s.model, "--out", self.out / "mix", "--sink", s.sink]
+        mix += ["--block", s.block, "--statistic", "influence", "--quiet"]
+
         def run() -> None:
             _moa(args, "profile", self.echo)
             if self.shape_files:
                 _moa(shape, "profile", self.echo)
+            if self.mix_files:
+                _moa(mix, "profile", self.echo)
 
-        self.stage("profile", [s.model, self.calib], [*self.profile_files, *self.shape_files], run)
+        inputs = [s.model, self.calib, *([self.mix_calib] if s.mix_task else [])]
+        self.stage("profile", inputs, [*self.profile_files, *self.shape_files, *self.mix_files], run)
 
     def optimize(self) -> None:
         s = self.s
@@ -287,13 +313,15 @@ class _Compress:
                     args = ["optimize", "--profiles", *self.profile_files, "--density", d, "--extend", s.extend]
                     args += ["--time-limit", s.time_limit, "--optimizer", s.optimizer, *extra]
                     args += [x for f in self.shape_files for x in ("--shape-by", f)]
+                    args += [x for f in self.mix_files for x in ("--mix", f)]
+                    args += ["--mix-weight", s.mix_weight] if self.mix_files else []
                     # One solver thread: multi-threaded CP-SAT may return another of several equal-loss
                     # plans, and a resumed pipeline must reproduce the plan of an uninterrupted one.
                     args += ["--threads", 1, "--out", self.plan_dir(d, variant) / "plans"]
                     _moa(args, "optimize", self.echo)
 
         summaries = [self.plan_dir(d, v) / "plans" / "summary.parquet" for d in s.densities for v in self.names]
-        self.stage("optimize", [*self.profile_files, *self.shape_files], summaries, run)
+        self.stage("optimize", [*self.profile_files, *self.shape_files, *self.mix_files], summaries, run)
 
     def validate(self) -> None:
         s = self.s

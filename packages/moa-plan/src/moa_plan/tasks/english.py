@@ -13,6 +13,7 @@ part by `essay_split`, so that no plan is graded on text it was calibrated on.
 | ``lines-en`` | LongEval lines: ``line <word-word>: REGISTER_CONTENT is <N>`` | first number = value | completion, chat |
 | ``summary`` | calibration essays, "Summarize the essay above." | none (the model writes it) | chat |
 | ``essay-ppl`` | whole evaluation essays cut to a length, for perplexity | none | plain |
+| ``continue`` | calibration essays, one sentence past the length; the prose that follows is the answer | the next sentences (reference) | plain |
 
 Record ``i`` of a call depends only on ``(seed, i)``; retrieval records put the needle (or the
 asked line) at ``depth_percent = (i % 10) / 9 * 100`` (the original's ten depths 0..100%) and
@@ -60,7 +61,9 @@ __all__ = [
     "split_sentences",
 ]
 
-ENGLISH_TASKS = ("niah", "niah-multi", "passkey-en", "lines-en", "summary", "essay-ppl")
+ENGLISH_TASKS = ("niah", "niah-multi", "passkey-en", "lines-en", "summary", "essay-ppl", "continue")
+# Tokens of prose, at least, that a ``continue`` record keeps after its context as the answer.
+CONTINUE_ANSWER_TOKENS = 96
 RETRIEVAL_TASKS = ("niah", "niah-multi", "passkey-en", "lines-en")
 FORMS = ("completion", "chat")
 _MIN_ITEMS = 10
@@ -405,16 +408,30 @@ def _essay_records(
     seed: int,
     overhead: int,
     essays: Mapping[str, str] | None,
+    side: str | None = None,
 ) -> list[Record]:
-    """``summary`` (calibration essays, chat) and ``essay-ppl`` (evaluation essays, plain text)."""
-    side = "calibration" if task == "summary" else "evaluation"
+    """``summary`` (calibration essays, chat), ``continue`` (calibration essays, plain text, the next sentences as
+    the answer) and ``essay-ppl`` (evaluation essays, plain text)."""
+    side = side or ("evaluation" if task == "essay-ppl" else "calibration")
     form = "chat" if task == "summary" else "plain"
     question = SUMMARY_QUESTION if task == "summary" else ""
     essays, names = _essay_names(essays, side)
     hay = Haystack(essays, names, count_tokens)
     records = []
     for i in range(n):
-        pieces, counts, owner, exhausted = hay.take(_start(seed, task, i, len(names)), target_length - overhead)
+        budget = target_length - overhead
+        if task == "continue":
+            # Start at a seeded sentence of the first essay, so that records sharing an essay differ; take enough
+            # text behind it for the context and the answer.
+            pieces, counts, owner, exhausted = hay.take(_start(seed, task, i, len(names)), 2 * budget + 512)
+            first = owner.count(owner[0]) if owner else 0
+            skip = int(np.random.default_rng([seed, 300, i]).integers(max(1, first)))
+            while skip and sum(counts[skip:]) < budget + CONTINUE_ANSWER_TOKENS + budget // 4:
+                skip //= 2
+            pieces, counts, owner = pieces[skip:], counts[skip:], owner[skip:]
+            pieces[0] = pieces[0].lstrip()
+        else:
+            pieces, counts, owner, exhausted = hay.take(_start(seed, task, i, len(names)), budget)
 
         def build(k: int, pieces: list[str] = pieces) -> tuple[str, str]:
             return "".join(pieces[:k]).strip(), question
@@ -433,9 +450,20 @@ def _essay_records(
             raise TaskError(f"target length {target_length} is too short for a {task} prompt")
         if exhausted and k == len(pieces):
             raise _too_short(task, side, names, target_length)
+        answer = None
+        if task == "continue":
+            # One sentence past the fit, so that the prompt reaches target_length (calibration cuts the middle of
+            # the context to fit it with its answer), then the sentences after it, CONTINUE_ANSWER_TOKENS or more.
+            k = min(k + 1, len(pieces) - 1)
+            end = k
+            while end < len(pieces) and count_tokens("".join(pieces[k:end])) < CONTINUE_ANSWER_TOKENS:
+                end += 1
+            answer = "".join(pieces[k:end])
+            if not answer.strip():
+                raise _too_short(task, side, names, target_length)
         used = list(dict.fromkeys(names[o] for o in owner[:k]))
         meta = _meta(task, form, seed, i, target_length, essays=",".join(used), num_sentences=k)
-        records.append(Record(task=task, context=build(k)[0], question=question, answer=None, metadata=meta))
+        records.append(Record(task=task, context=build(k)[0], question=question, answer=answer, metadata=meta))
     return records
 
 
@@ -453,7 +481,7 @@ def generate_english(
     """Generate ``n`` records of an English task (one of `ENGLISH_TASKS`).
 
     Args:
-        task: ``niah``, ``niah-multi``, ``passkey-en``, ``lines-en``, ``summary`` or ``essay-ppl``.
+        task: ``niah``, ``niah-multi``, ``passkey-en``, ``lines-en``, ``summary``, ``essay-ppl`` or ``continue``.
         n: Number of records; retrieval record ``i`` sits at depth ``(i % 10) / 9 * 100`` percent.
         target_length: Prompt tokens (rendered context + question + ``overhead``), missed by less
             than one sentence.
@@ -461,9 +489,9 @@ def generate_english(
         seed: Seed; equal seeds give equal records.
         overhead: Tokens the template (chat template, or BOS in completion form) adds.
         form: ``completion`` (default of the retrieval tasks) or ``chat``; ``summary`` is chat
-            only and ``essay-ppl`` plain text only.
+            only, ``essay-ppl`` and ``continue`` plain text only.
         essays: All essays ``{stem: text}`` (default: `moa_plan.assets.read_essays()`); each task
-            takes its own side of `essay_split`: ``summary`` the calibration essays, ``niah``,
+            takes its own side of `essay_split`: ``summary`` and ``continue`` the calibration essays, ``niah``,
             ``niah-multi`` and ``essay-ppl`` the evaluation essays; ``passkey-en`` and
             ``lines-en`` read none.
 
@@ -474,7 +502,7 @@ def generate_english(
     """
     if task not in ENGLISH_TASKS:
         raise TaskError(f"unknown English task {task!r}; expected one of {', '.join(ENGLISH_TASKS)}")
-    own = {"summary": "chat", "essay-ppl": "plain"}.get(task)
+    own = {"summary": "chat", "essay-ppl": "plain", "continue": "plain"}.get(task)
     if form is None:
         form = own or "completion"
     if own is not None and form != own:
@@ -503,14 +531,28 @@ def essay_ppl_texts(
     *,
     essays: Mapping[str, str] | None = None,
     overhead: int = 0,
+    side: str = "evaluation",
 ) -> list[str]:
     """``n`` texts of whole evaluation essays (joined by blank lines when one is short) cut to ``length`` tokens.
 
     Each text is cut at a sentence boundary, at most ``length`` tokens with ``overhead`` (a BOS)
     and less than a sentence short of it; text ``i`` starts at the ``i``-th essay after a
-    seed-chosen one. See `generate_english` (task ``essay-ppl``) for the errors.
+    seed-chosen one. See `generate_english` (task ``essay-ppl``) for the errors. ``side="calibration"``
+    takes the calibration essays instead: perplexity to choose a setting by (validation), never to report.
     """
-    records = generate_english(
-        "essay-ppl", n, target_length=length, count_tokens=count_tokens, seed=seed, overhead=overhead, essays=essays
-    )
+    if side == "evaluation":
+        records = generate_english(
+            "essay-ppl", n, target_length=length, count_tokens=count_tokens, seed=seed, overhead=overhead, essays=essays
+        )
+    elif side == "calibration":
+        if n < 1:
+            raise TaskError(f"number of records must be positive, got {n}")
+        if length <= overhead + 16:
+            raise TaskError(f"target length {length} is too short for a task prompt")
+        records = _essay_records(
+            "essay-ppl", n, target_length=length, count_tokens=count_tokens, seed=seed, overhead=overhead,
+            essays=essays, side=side,
+        )  # fmt: skip
+    else:
+        raise TaskError(f"unknown essay side {side!r}; expected evaluation or calibration")
     return [r.context for r in records]
