@@ -110,6 +110,7 @@ table-smollm2: assets ## The README results table from the committed SmolLM2 pla
 	OMP_NUM_THREADS=1 $(BIN)/moa eval retrieval --model models/smollm2-135m-instruct --plan dense \
 		--plan uniform:0.5 --plan uniform:0.25 \
 		--plan moa-50=$(SMOL_PLANS)/moa-gate64-1k2k-reference-0.5.json --plan moa-25=$(SMOL_PLANS)/moa-gate64-1k2k-reference-0.25.json \
+		--plan moa-mix-50=$(SMOL_PLANS)/moa-gate64-mix-1k2k-reference-0.5.json \
 		--plan layer-50=$(SMOL_PLANS)/layer-gate64-1k2k-reference-0.5.json --plan layer-25=$(SMOL_PLANS)/layer-gate64-1k2k-reference-0.25.json \
 		--plan duo-50=$(SMOL_PLANS)/duo-gate64-1k2k-reference-0.5.json --plan duo-25=$(SMOL_PLANS)/duo-gate64-1k2k-reference-0.25.json \
 		--tasks niah,passkey-en --lengths 1024,2048,4096,6144,8192 --samples 10 --out $(TABLE_OUT)
@@ -119,8 +120,11 @@ GATES := plans/smollm2-135m-instruct/gates-64-reference
 # The committed two-length gate plans again, from the committed gates (`moa profile --gate-from`: no gate training):
 # the calibration prompts, the influence profiles that shape the gates (2 + 8 min here), and MoA, per-layer and
 # DuoAttention-style plans at 50% and 25% from that one profile; `plan_00.json` of `moa-0.5` / `moa-0.25` is
-# `moa-gate64-1k2k-reference-0.5.json` / `-0.25.json`. About 12 min on 2 cores (estimated from its steps; run by hand, not as one target).
-plans-smollm2: assets ## The committed SmolLM2 gate plans (MoA, per-layer, DuoAttention-style) from the committed gates (~12 min, estimated)
+# `moa-gate64-1k2k-reference-0.5.json` / `-0.25.json` (the seventeenth session ran this part as the target: 26 min,
+# beside other work, the same plans to the span). Then the prose objective: `continue` prompts at 1024 and 2048, their
+# influence (about 25 min on one thread beside other work), and `moa-mix-0.5/plan_00.json` =
+# `moa-gate64-mix-1k2k-reference-0.5.json` (mix weight 0.25, chosen on calibration-essay perplexity, RESULTS.md).
+plans-smollm2: assets ## The committed SmolLM2 gate plans (MoA, per-layer, DuoAttention-style, MoA + prose at 50%) from the committed gates (~25 min, estimated)
 	for n in 1024 2048; do \
 		$(BIN)/moa calibrate $(EXPERIMENT_CALIB) --lengths $$n --num-samples 4 \
 			--out $(PLANS_OUT)/ref16-$$n/calibration.parquet && \
@@ -138,7 +142,16 @@ plans-smollm2: assets ## The committed SmolLM2 gate plans (MoA, per-layer, DuoAt
 		$(BIN)/moa optimize $$P --density $$d $(EXPERIMENT_GRID) --out $(PLANS_OUT)/moa-$$d; \
 		$(BIN)/moa optimize $$P --density $$d $(EXPERIMENT_GRID) --max-rules-per-layer 1 --out $(PLANS_OUT)/layer-$$d; done; \
 	$(BIN)/moa optimize $$P $$DUO --density 0.5 --alphas 0,256 --betas 0,1 --out $(PLANS_OUT)/duo-0.5; \
-	$(BIN)/moa optimize $$P $$DUO --density 0.25 --alphas 0,128 --betas 0,1 --out $(PLANS_OUT)/duo-0.25
+	$(BIN)/moa optimize $$P $$DUO --density 0.25 --alphas 0,128 --betas 0,1 --out $(PLANS_OUT)/duo-0.25; \
+	for n in 1024 2048; do \
+		$(BIN)/moa calibrate --model models/smollm2-135m-instruct --task continue --num-samples 16 --lengths $$n \
+			--max-new-tokens 64 --template plain --seed 3 --answers reference --quiet \
+			--out $(PLANS_OUT)/cont-$$n/calibration.parquet; \
+		$(BIN)/moa profile $(PLANS_OUT)/cont-$$n/calibration.parquet --model models/smollm2-135m-instruct --quiet \
+			--statistic influence --out $(PLANS_OUT)/cont-$$n/influence; done; \
+	$(BIN)/moa optimize $$P --mix $(PLANS_OUT)/cont-1024/influence/profile-1024.safetensors \
+		--mix $(PLANS_OUT)/cont-2048/influence/profile-2048.safetensors --mix-weight 0.25 --density 0.5 \
+		$(EXPERIMENT_GRID) --out $(PLANS_OUT)/moa-mix-0.5
 
 SMOLLM2_PLAN_DIR := plans/smollm2-135m-instruct
 SMOLLM2_PLANS := --plan moa-0.5=$(SMOLLM2_PLAN_DIR)/moa-gate64-1k2k-reference-0.5.json \
