@@ -11,7 +11,9 @@ cache is still in the CPU's caches when it is read again). Rows:
 - MoA grouped (an experiment kept here): a layer's adjacent heads of equal span in one fused call.
 
 It prints the step's attention time (median of repeats), the KV bytes it reads and the bandwidth reached, beside the
-copy bandwidth measured in the same run.
+copy bandwidth measured in the same run. With `--matmuls` it also times the part of the step every method shares:
+the weight matmuls of SmolLM2-135M (30 layers of q, k, v, o, gate, up, down with weights of their own, and the
+576 x 49152 head) at this batch and at batch 1, beside one read of the same bytes.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=8192, help="tokens in the cache N")
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--matmuls", action="store_true", help="also time the step's weight matmuls (see above)")
     args = parser.parse_args(argv)
 
     import torch
@@ -100,7 +103,37 @@ def main(argv: list[str]) -> int:
                 F.scaled_dot_product_attention(qg[:, first : first + count], kk, vv)
 
     report("MoA, adjacent equal spans in one call (experiment)", sum(map(len, runs)), nbytes, grouped_step)
+    packed.clear()
+    if args.matmuls:
+        matmul_rows(b, layers, args.repeats)
     return 0
+
+
+def matmul_rows(batch: int, layers: int, repeats: int) -> None:
+    """The weight matmuls of one step (every method's fixed part) at ``batch`` and at 1, and a read of their bytes."""
+    import torch
+    import torch.nn.functional as F
+
+    from moa_kernels.benchmark import median_seconds
+
+    hidden, inner, kv, vocab = 576, 1536, 192, 49152
+    shapes = [(hidden, hidden), (kv, hidden), (kv, hidden), (hidden, hidden), (inner, hidden), (inner, hidden)]
+    weights = [torch.rand(o, i) for _ in range(layers) for o, i in [*shapes, (hidden, inner)]]
+    weights.append(torch.rand(vocab, hidden))
+    nbytes = sum(w.numel() for w in weights) * 4
+    print("\n| weight matmuls of one step (the same in every method) | batch | weight GB | ms | GB/s |")
+    print("| --- | --- | --- | --- | --- |")
+    for rows in sorted({batch, 1}):
+        x = {n: torch.rand(rows, n) for n in (hidden, inner)}
+
+        def step(x: dict[int, torch.Tensor] = x) -> None:
+            for w in weights:
+                F.linear(x[w.shape[1]], w)
+
+        s = median_seconds(step, repeats, warmup=1)
+        print(f"| `F.linear` per weight | {rows} | {nbytes / 1e9:.3f} | {s * 1e3:.1f} | {nbytes / 1e9 / s:.1f} |")
+    s = median_seconds(lambda: [w.sum() for w in weights], repeats, warmup=1)
+    print(f"| one read of the same weights (`sum`) | - | {nbytes / 1e9:.3f} | {s * 1e3:.1f} | {nbytes / 1e9 / s:.1f} |")
 
 
 if __name__ == "__main__":
