@@ -115,6 +115,20 @@ def test_third_party_optimizer_plugin(toy_plugin, profile_files, tmp_path):
     assert set(plan.betas.ravel()) == {0.5}
 
 
+def _same_optimum(a_dir: Path, b_dir: Path) -> None:
+    """Two solves of the same problem, both optimal (within the solver's reported gap): the same objective.
+
+    The spans themselves may differ between near-ties (the column-generation backend stops at a 1e-4 relative gap).
+    """
+    a, b = Plan.load(a_dir / "plan_00.json"), Plan.load(b_dir / "plan_00.json")
+    for plan in (a, b):
+        assert plan.provenance.extra["status"] == "optimal"
+    key = f"loss@{a.provenance.extra['objective_length']}"
+    gap = max(a.provenance.extra["gap"], b.provenance.extra["gap"], 1e-9)
+    assert a.provenance.objectives.keys() == b.provenance.objectives.keys()
+    assert a.provenance.objectives[key] == pytest.approx(b.provenance.objectives[key], rel=2 * gap + 1e-6)
+
+
 def test_shape_by_optimizes_the_shaped_profile(profile_files, small_profiles, tmp_path):
     from moa_plan import load_profile, shape_profile
 
@@ -134,19 +148,13 @@ def test_shape_by_optimizes_the_shaped_profile(profile_files, small_profiles, tm
     ]
     result = _run(["--profiles", *shaped, *args, "--out", tmp_path / "b"])
     assert result.exit_code == 0, result.output
-    a, b = Plan.load(tmp_path / "a" / "plan_00.json"), Plan.load(tmp_path / "b" / "plan_00.json")
-    # Same problem, both solved to optimality (within the solver's reported gap): the same objective. The spans
-    # themselves may differ between near-ties (the column-generation backend stops at a 1e-4 relative gap).
-    for plan in (a, b):
-        assert plan.provenance.extra["status"] == "optimal"
-    key = f"loss@{a.provenance.extra['objective_length']}"
-    gap = max(a.provenance.extra["gap"], b.provenance.extra["gap"], 1e-9)
-    assert a.provenance.objectives.keys() == b.provenance.objectives.keys()
-    assert a.provenance.objectives[key] == pytest.approx(b.provenance.objectives[key], rel=2 * gap + 1e-6)
+    _same_optimum(tmp_path / "a", tmp_path / "b")
     line = _one_sentence_error(
         _run(["--profiles", *profile_files, "--shape-by", shapes[0], *args, "--out", tmp_path / "c"])
     )
     assert "--shape-by has no profile of length" in line
+    line = _one_sentence_error(_run(["--profiles", profile_files[0], *shape_args, *args, "--out", tmp_path / "d"]))
+    assert "--shape-by has a profile of length" in line and "which no --profiles file has" in line
 
 
 def test_mix_optimizes_the_mixed_profile(profile_files, small_profiles, tmp_path):
@@ -168,14 +176,17 @@ def test_mix_optimizes_the_mixed_profile(profile_files, small_profiles, tmp_path
     ]
     result = _run(["--profiles", *mixed, *args, "--out", tmp_path / "b"])
     assert result.exit_code == 0, result.output
-    a, b = Plan.load(tmp_path / "a" / "plan_00.json"), Plan.load(tmp_path / "b" / "plan_00.json")
-    for plan in (a, b):
-        assert plan.provenance.extra["status"] == "optimal"
-    key = f"loss@{a.provenance.extra['objective_length']}"
-    gap = max(a.provenance.extra["gap"], b.provenance.extra["gap"], 1e-9)
-    assert a.provenance.objectives[key] == pytest.approx(b.provenance.objectives[key], rel=2 * gap + 1e-6)
+    _same_optimum(tmp_path / "a", tmp_path / "b")
+    # The mix matters: without it the same profiles give another objective.
+    result = _run(["--profiles", *profile_files, *args, "--out", tmp_path / "plain"])
+    assert result.exit_code == 0, result.output
+    plain, mixed_plan = (Plan.load(tmp_path / d / "plan_00.json") for d in ("plain", "a"))
+    key = f"loss@{plain.provenance.extra['objective_length']}"
+    assert mixed_plan.provenance.objectives[key] > plain.provenance.objectives[key]
     line = _one_sentence_error(_run(["--profiles", *profile_files, "--mix", others[0], *args, "--out", tmp_path / "c"]))
     assert "--mix has no profile of length" in line
+    line = _one_sentence_error(_run(["--profiles", profile_files[0], *mix_args, *args, "--out", tmp_path / "e"]))
+    assert "--mix has a profile of length" in line
     line = _one_sentence_error(
         _run(["--profiles", *profile_files, *mix_args, "--mix-weight", "-1", *args, "--out", tmp_path / "d"])
     )

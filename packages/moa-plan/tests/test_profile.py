@@ -267,6 +267,11 @@ def test_mix_profiles_refuses_mismatches_and_an_empty_objective() -> None:
         mix_profiles(make(), make(length=41))
     with pytest.raises(ProfileError, match="weight"):
         mix_profiles(make(), make(seed=1), -1.0)
+    other = ModelFingerprint(
+        architecture="LlamaForCausalLM", num_layers=2, num_attention_heads=4, num_key_value_heads=4
+    )
+    with pytest.raises(ProfileError, match="cannot mix profiles of different models"):
+        mix_profiles(make(), dataclasses.replace(make(seed=1), model=other))
     flat = make(seed=1)
     flat = dataclasses.replace(flat, hist=np.zeros_like(flat.hist))
     with pytest.raises(ProfileError, match="nothing to scale"):

@@ -12,6 +12,10 @@ from moa.pipeline import CompressSettings
 REFERENCE = Path(__file__).resolve().parents[3] / "models" / "moa-reference"
 
 
+def run_settings(tmp_path: Path) -> dict[str, object]:
+    return {"model": REFERENCE, "densities": [0.5], "lengths": [512, 1024], "out": tmp_path}
+
+
 def _stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **settings: object) -> list[list[str]]:
     """The moa commands the profile and optimize stages run (each writes the files it would write)."""
     calls: list[list[str]] = []
@@ -88,6 +92,9 @@ def test_a_mix_task_is_profiled_on_its_own_set_and_mixed_in(tmp_path: Path, monk
     mixed = [optimize[i + 1] for i, word in enumerate(optimize) if word == "--mix"]
     assert mixed == [str(tmp_path / "mix" / f"profile-{n}.safetensors") for n in (512, 1024)]
     assert optimize[optimize.index("--mix-weight") + 1] == "0.5"
+    report = pipeline._report(pipeline.CompressSettings(**{**run_settings(tmp_path), "mix_task": "continue",
+                              "mix_weight": 0.5}), [], "")  # fmt: skip
+    assert "mixed with `continue` at weight 0.5" in report
     # The weight is an optimize setting: changing it re-runs the optimizer only.
     again = _stages(tmp_path, monkeypatch, statistic="gate", mix_task="continue", mix_weight=2.0)
     assert [c[0] for c in again] == ["optimize"] and again[0][again[0].index("--mix-weight") + 1] == "2.0"

@@ -39,28 +39,37 @@ def _by_length(profiles: list[Any]) -> dict[int, Any]:
     return {n: merge_profiles([p for p in profiles if p.length == n]) for n in lengths}
 
 
+def _per_length(profiles: list[Any], paths: tuple[Path, ...], flag: str) -> dict[int, Any]:
+    """The profiles of ``paths`` (an option's files), one per length of ``profiles``, merged by sample count.
+
+    Raises:
+        ProfileError: a length of ``profiles`` has none, or one of them has a length no profile has.
+    """
+    from moa_plan import ProfileError
+
+    given = _by_length([load_profile(path) for path in paths])
+    lengths = {p.length for p in profiles}
+    missing, extra = sorted(lengths - set(given)), sorted(set(given) - lengths)
+    if missing:
+        raise ProfileError(f"{flag} has no profile of length {missing[0]} (give one per profiled length).")
+    if extra:
+        raise ProfileError(f"{flag} has a profile of length {extra[0]}, which no --profiles file has.")
+    return given
+
+
 def _shaped(profiles: list[Any], shape_paths: tuple[Path, ...]) -> list[Any]:
     """Each profile shaped by the --shape-by profile of its length (`moa_plan.shape_profile`)."""
-    from moa_plan import ProfileError, shape_profile
+    from moa_plan import shape_profile
 
-    shapes = _by_length([load_profile(path) for path in shape_paths])
-    missing = sorted({p.length for p in profiles} - set(shapes))
-    if missing:
-        raise ProfileError(f"--shape-by has no profile of length {missing[0]} (give one per profiled length).")
+    shapes = _per_length(profiles, shape_paths, "--shape-by")
     return [shape_profile(p, shapes[p.length]) for p in profiles]
 
 
 def _mixed(profiles: list[Any], mix_paths: tuple[Path, ...], weight: float) -> list[Any]:
     """Each profile mixed with the --mix profile of its length (`moa_plan.mix_profiles`)."""
-    from moa_plan import ProfileError, mix_profiles
+    from moa_plan import mix_profiles
 
-    others = _by_length([load_profile(path) for path in mix_paths])
-    missing = sorted({p.length for p in profiles} - set(others))
-    if missing:
-        raise ProfileError(f"--mix has no profile of length {missing[0]} (give one per profiled length).")
-    extra = sorted(set(others) - {p.length for p in profiles})
-    if extra:
-        raise ProfileError(f"--mix has a profile of length {extra[0]}, which no --profiles file has.")
+    others = _per_length(profiles, mix_paths, "--mix")
     return [mix_profiles(p, others[p.length], weight) for p in profiles]
 
 

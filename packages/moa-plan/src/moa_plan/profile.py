@@ -151,14 +151,7 @@ def shape_profile(measured: Profile, shape: Profile) -> Profile:
     Raises:
         ProfileError: the two profiles differ in model, length, sink, block or buckets.
     """
-    for name in ("length", "sink", "block"):
-        if getattr(measured, name) != getattr(shape, name):
-            raise ProfileError(
-                f"cannot shape a profile by another of a different {name} "
-                f"({getattr(measured, name)} vs {getattr(shape, name)})."
-            )
-    if measured.model != shape.model or measured.hist.shape != shape.hist.shape:
-        raise ProfileError("cannot shape a profile by one of another model or bucket layout.")
+    _require_same_layout(measured, shape, "shape")
     if measured.edges is not None or shape.edges is not None:
         raise ProfileError("shape_profile needs exact (unbucketed) histograms.")
     block = min(measured.block, measured.hist.shape[-1])
@@ -206,18 +199,7 @@ def merge_profiles(profiles: Sequence[Profile]) -> Profile:
     if len(profiles) == 1:
         return first
     for p in profiles[1:]:
-        for name in ("length", "sink", "block"):
-            if getattr(p, name) != getattr(first, name):
-                raise ProfileError(
-                    f"cannot merge profiles of a different {name} ({getattr(first, name)} vs {getattr(p, name)})."
-                )
-        if p.model != first.model:
-            raise ProfileError("cannot merge profiles of different models.")
-        same_edges = (p.edges is None and first.edges is None) or (
-            p.edges is not None and first.edges is not None and np.array_equal(p.edges, first.edges)
-        )
-        if p.hist.shape != first.hist.shape or not same_edges:
-            raise ProfileError("cannot merge profiles with different distance buckets.")
+        _require_same_layout(first, p, "merge")
     counts = np.array([p.num_samples for p in profiles], dtype=np.float64)
     if counts.sum() <= 0:
         raise ProfileError("cannot merge profiles of no samples.")
@@ -261,16 +243,7 @@ def mix_profiles(base: Profile, other: Profile, weight: float = 1.0) -> Profile:
     """
     if not weight >= 0 or not math.isfinite(weight):
         raise ProfileError(f"the mix weight must be a finite number >= 0, got {weight}.")
-    for name in ("length", "sink", "block"):
-        if getattr(base, name) != getattr(other, name):
-            raise ProfileError(
-                f"cannot mix profiles of a different {name} ({getattr(base, name)} vs {getattr(other, name)})."
-            )
-    same_edges = (base.edges is None and other.edges is None) or (
-        base.edges is not None and other.edges is not None and np.array_equal(base.edges, other.edges)
-    )
-    if base.model != other.model or base.hist.shape != other.hist.shape or not same_edges:
-        raise ProfileError("cannot mix profiles of different models or distance buckets.")
+    _require_same_layout(base, other, "mix")
     base_range = float(base.window_loss(base.block).sum())
     other_range = float(other.window_loss(other.block).sum())
     if not other_range > 0:
@@ -290,6 +263,22 @@ def mix_profiles(base: Profile, other: Profile, weight: float = 1.0) -> Profile:
         mean_loss=base.mean_loss,
         notes=f"{base.notes or 'a profile'}; mixed with {other.notes or 'a profile'} at weight {weight:g}",
     )
+
+
+def _require_same_layout(a: Profile, b: Profile, verb: str) -> None:
+    """Raise unless two profiles can be combined bucket by bucket: one model, length, sink, block and bucket layout."""
+    for name in ("length", "sink", "block"):
+        if getattr(a, name) != getattr(b, name):
+            raise ProfileError(
+                f"cannot {verb} profiles of a different {name} ({getattr(a, name)} vs {getattr(b, name)})."
+            )
+    if a.model != b.model:
+        raise ProfileError(f"cannot {verb} profiles of different models.")
+    same_edges = (a.edges is None and b.edges is None) or (
+        a.edges is not None and b.edges is not None and np.array_equal(a.edges, b.edges)
+    )
+    if a.hist.shape != b.hist.shape or not same_edges:
+        raise ProfileError(f"cannot {verb} profiles with different distance buckets.")
 
 
 def _validate(p: Profile, source: str) -> None:

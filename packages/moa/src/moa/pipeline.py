@@ -408,6 +408,7 @@ def _report(s: CompressSettings, finals: Sequence[tuple[float, str, Path]], eval
         + (f"records `{s.records}`" if s.records else f"task `{s.task}` ({s.samples} samples per length and task)")
         + f", profile statistic `{s.statistic}`"
         + (" shaped by the influence profile" if s.shape and s.statistic != "influence" else "")
+        + (f", mixed with `{s.mix_task}` at weight {s.mix_weight:g}" if s.mix_task else "")
         + f", calibration answers `{s.answers}`, optimizer `{s.optimizer}`, extend {s.extend}.",
         "",
     ]

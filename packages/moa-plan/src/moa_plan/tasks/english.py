@@ -429,7 +429,8 @@ def _essay_records(
             while skip and sum(counts[skip:]) < budget + CONTINUE_ANSWER_TOKENS + budget // 4:
                 skip //= 2
             pieces, counts, owner = pieces[skip:], counts[skip:], owner[skip:]
-            pieces[0] = pieces[0].lstrip()
+            if pieces:
+                pieces[0] = pieces[0].lstrip()
         else:
             pieces, counts, owner, exhausted = hay.take(_start(seed, task, i, len(names)), budget)
 
@@ -465,6 +466,13 @@ def _essay_records(
         meta = _meta(task, form, seed, i, target_length, essays=",".join(used), num_sentences=k)
         records.append(Record(task=task, context=build(k)[0], question=question, answer=answer, metadata=meta))
     return records
+
+
+def _check_request(n: int, target_length: int, overhead: int) -> None:
+    if n < 1:
+        raise TaskError(f"number of records must be positive, got {n}")
+    if target_length <= overhead + 16:
+        raise TaskError(f"target length {target_length} is too short for a task prompt")
 
 
 def generate_english(
@@ -509,10 +517,7 @@ def generate_english(
         raise TaskError(f"task {task!r} has only the {own} form, not {form!r}")
     if own is None and form not in FORMS:
         raise TaskError(f"unknown form {form!r}; expected one of {', '.join(FORMS)}")
-    if n < 1:
-        raise TaskError(f"number of records must be positive, got {n}")
-    if target_length <= overhead + 16:
-        raise TaskError(f"target length {target_length} is too short for a task prompt")
+    _check_request(n, target_length, overhead)
     common = {"target_length": target_length, "count_tokens": count_tokens, "seed": seed, "overhead": overhead}
     if task in ("niah", "niah-multi"):
         return _needle_records(task, n, form=form, essays=essays, **common)  # type: ignore[arg-type]
@@ -545,10 +550,7 @@ def essay_ppl_texts(
             "essay-ppl", n, target_length=length, count_tokens=count_tokens, seed=seed, overhead=overhead, essays=essays
         )
     elif side == "calibration":
-        if n < 1:
-            raise TaskError(f"number of records must be positive, got {n}")
-        if length <= overhead + 16:
-            raise TaskError(f"target length {length} is too short for a task prompt")
+        _check_request(n, length, overhead)
         records = _essay_records(
             "essay-ppl", n, target_length=length, count_tokens=count_tokens, seed=seed, overhead=overhead,
             essays=essays, side=side,
