@@ -13,7 +13,8 @@ cache is still in the CPU's caches when it is read again). Rows:
 It prints the step's attention time (median of repeats), the KV bytes it reads and the bandwidth reached, beside the
 copy bandwidth measured in the same run. With `--matmuls` it also times the part of the step every method shares:
 the weight matmuls of SmolLM2-135M (30 layers of q, k, v, o, gate, up, down with weights of their own, and the
-576 x 49152 head) at this batch and at batch 1, beside one read of the same bytes.
+576 x 49152 head) at this batch and at batch 1, beside one read of the same bytes, and at this batch in two other
+layouts of the same products (the weight as the left operand; the weight stored transposed).
 """
 
 from __future__ import annotations
@@ -132,6 +133,16 @@ def matmul_rows(batch: int, layers: int, repeats: int) -> None:
 
         s = median_seconds(step, repeats, warmup=1)
         print(f"| `F.linear` per weight | {rows} | {nbytes / 1e9:.3f} | {s * 1e3:.1f} | {nbytes / 1e9 / s:.1f} |")
+    # Other layouts of the same products at ``batch`` rows: is there one this CPU's GEMM streams at read speed?
+    x = {n: torch.rand(batch, n) for n in (hidden, inner)}
+    transposed = [w.t().contiguous() for w in weights]
+    layouts: dict[str, Callable[[], object]] = {
+        "`W @ x.T` (weight as left operand)": lambda: [w @ x[w.shape[1]].t() for w in weights],
+        "`x @ W.T` with `W.T` stored contiguous": lambda: [x[w.shape[0]] @ w for w in transposed],
+    }
+    for name, call in layouts.items():
+        s = median_seconds(call, repeats, warmup=1)
+        print(f"| {name} | {batch} | {nbytes / 1e9:.3f} | {s * 1e3:.1f} | {nbytes / 1e9 / s:.1f} |")
     s = median_seconds(lambda: [w.sum() for w in weights], repeats, warmup=1)
     print(f"| one read of the same weights (`sum`) | - | {nbytes / 1e9:.3f} | {s * 1e3:.1f} | {nbytes / 1e9 / s:.1f} |")
 
