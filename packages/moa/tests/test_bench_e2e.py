@@ -60,6 +60,35 @@ def test_dense_baselines_decode_what_generate_decodes(
     assert result["kv_density"] == 1.0
 
 
+@pytest.mark.parametrize("method", ["dense-static", "moa"])
+def test_the_left_operand_linears_decode_what_generate_decodes(oracle: list[int], method: str, tmp_path: Any) -> None:
+    # --linear left changes only how the weight products are laid out: a dense model, and a dense plan through the
+    # MoA cache, still decode plain generate's tokens.
+    plan = None
+    if method == "moa":
+        fp = ModelFingerprint.from_config(e2e._load_model(Case(model="bench", method="dense", length=1, batch=1))[1])
+        plan = str(Plan.dense(fp, sink=4, block=4).save(tmp_path / "dense.json"))
+    case = Case(
+        model="bench",
+        method=method,
+        plan=plan,
+        length=LENGTH,
+        batch=2,
+        new_tokens=NEW,
+        warmup_tokens=2,
+        prefill_rows=1,
+        linear="left",
+    )
+    result = run_case(case, bandwidth=1e10)
+    assert result["linear"] == "left"
+    assert result["tokens"] == oracle
+
+
+def test_an_unknown_linear_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown linear 'right'"):
+        run_case(Case(model="bench", method="dense", length=8, batch=1, linear="right"), bandwidth=1e10)
+
+
 def test_a_dense_plan_through_the_moa_cache_decodes_what_generate_decodes(oracle: list[int], tmp_path: Any) -> None:
     fp = ModelFingerprint.from_config(e2e._load_model(Case(model="bench", method="dense", length=1, batch=1))[1])
     path = tmp_path / "dense.json"

@@ -6,6 +6,7 @@ Importing this package registers nothing; `apply_plan` (or `register`) does.
 from moa_runtime.attention import ATTN_NAME, apply_plan, moa_attention_forward, register, remove_plan
 from moa_runtime.cache import IMPLEMENTATIONS, MoACache, MoALayer
 from moa_runtime.errors import MoaRuntimeError
+from moa_runtime.linear import left_operand_linears
 from moa_runtime.loading import load_model, load_model_and_tokenizer, load_tokenizer, model_fingerprint
 from moa_runtime.positional import positional_attention
 
@@ -19,6 +20,7 @@ __all__ = [
     "MoaRuntimeError",
     "__version__",
     "apply_plan",
+    "left_operand_linears",
     "load_model",
     "load_model_and_tokenizer",
     "load_tokenizer",

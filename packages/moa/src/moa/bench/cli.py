@@ -138,6 +138,14 @@ def _profile_tables(rows: list[dict[str, object]]) -> str:
 )
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True)
 @click.option("--profile-step", is_flag=True, help="Also profile one decode step per case (top operators).")
+@click.option(
+    "--linear",
+    type=click.Choice(["torch", "left"]),
+    default="torch",
+    show_default=True,
+    help="Weight products of every method: torch (F.linear, as transformers runs them) or left (decode's products as "
+    "W @ x.T, moa_runtime.left_operand_linears; faster on some CPUs, for dense and plans alike).",
+)
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="torch threads per case.")
 @click.option(
     "--rounds",
@@ -161,6 +169,7 @@ def e2e(
     max_batch_gib: float | None,
     dtype: str,
     profile_step: bool,
+    linear: str,
     threads: int,
     rounds: int,
     out: Path,
@@ -205,6 +214,7 @@ def e2e(
             "prefill_rows": prefill_rows or None,
             "dtype": dtype,
             "profile_step": profile_step,
+            "linear": linear,
         }
         cell = []
         for method in chosen:

@@ -61,6 +61,7 @@ BENCH_MODEL: dict[str, Any] = {
 }
 
 METHODS = ("dense", "dense-static", "dense-compiled", "uniform", "moa")
+LINEARS = ("torch", "left")
 BASELINE = "dense-static"
 _DENSE = ("dense", "dense-static", "dense-compiled")
 
@@ -85,6 +86,9 @@ class Case:
     prefill_rows: int | None = None  # rows prefilled (None: the whole batch); must divide batch
     dtype: str = "float32"
     profile_step: bool = False  # also record the top operators of one decode step (torch.profiler)
+    # "left": every nn.Linear through moa_runtime.left_operand_linears (decode's weight products as W @ x.T), for
+    # every method alike; "torch": F.linear as transformers runs it.
+    linear: str = "torch"
 
     @property
     def label(self) -> str:
@@ -238,7 +242,7 @@ def run_case(case: Case, bandwidth: float) -> dict[str, Any]:
     import torch
 
     from moa_profiler.memory import peak_rss_mib
-    from moa_runtime import apply_plan
+    from moa_runtime import apply_plan, left_operand_linears
     from moa_runtime.attention import PREFILL_CHUNK
 
     if case.method not in METHODS:
@@ -246,7 +250,11 @@ def run_case(case: Case, bandwidth: float) -> dict[str, Any]:
     rows = case.prefill_rows or case.batch
     if case.batch % rows:
         raise ValueError(f"prefill_rows {rows} does not divide batch {case.batch}.")
+    if case.linear not in LINEARS:
+        raise ValueError(f"unknown linear {case.linear!r}; expected one of {', '.join(LINEARS)}.")
     model, config = _load_model(case)
+    if case.linear == "left":
+        left_operand_linears(model)
     plan = None
     if case.method in ("uniform", "moa"):
         plan = _plan_for(case, config)
