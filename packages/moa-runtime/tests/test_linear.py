@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from moa_runtime import MoaRuntimeError, left_operand_linears
+from moa_runtime.testing import make_model
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -52,26 +53,12 @@ def test_gradients_match() -> None:
 
 
 def test_a_model_decodes_alike() -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    dense = LlamaForCausalLM(config).eval()
-    routed = LlamaForCausalLM(config).eval()
-    routed.load_state_dict(dense.state_dict())
+    dense, routed = make_model("llama"), make_model("llama")
     assert left_operand_linears(routed) == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer, and the head
-    ids = torch.randint(0, 64, (3, 20))
+    ids = torch.randint(3, 96, (3, 20), generator=torch.Generator().manual_seed(0))
+    kwargs = {"max_new_tokens": 6, "do_sample": False, "output_logits": True, "return_dict_in_generate": True}
     with torch.no_grad():
-        want = dense.generate(ids, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
-        got = routed.generate(ids, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
+        want, got = dense.generate(ids, **kwargs), routed.generate(ids, **kwargs)
     assert torch.equal(got.sequences, want.sequences)
     for g, w in zip(got.logits, want.logits, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
