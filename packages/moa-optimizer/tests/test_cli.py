@@ -193,6 +193,47 @@ def test_mix_optimizes_the_mixed_profile(profile_files, small_profiles, tmp_path
     assert "--mix-weight" in line
 
 
+def test_mix_shape_by_shapes_the_mixed_in_profile(profile_files, small_profiles, tmp_path):
+    from moa_plan import load_profile, mix_profiles, shape_profile
+
+    # The second objective (rolled, another scale) and a distance shape of its own (the profiles squared).
+    others, shapes = [], []
+    for p in small_profiles:
+        rolled = type(p)(**{**p.__dict__, "hist": p.hist[..., ::-1].copy() / 100})
+        others.append(rolled.save(tmp_path / f"m{p.length}.safetensors"))
+        squared = type(p)(**{**p.__dict__, "hist": p.hist.astype("float64") ** 2})
+        shapes.append(squared.save(tmp_path / f"s{p.length}.safetensors"))
+    args = ["--density", "0.5", "--single", "--time-limit", "60", "--no-plots"]
+    mix_args = [a for s in others for a in ("--mix", s)]
+    shape_args = [a for s in shapes for a in ("--mix-shape-by", s)]
+    result = _run(
+        ["--profiles", *profile_files, *mix_args, *shape_args, "--mix-weight", "2", *args, "--out", tmp_path / "a"]
+    )
+    assert result.exit_code == 0, result.output
+    # Oracle: each mixed-in profile shaped, then mixed, by the library functions, written to files first.
+    mixed = [
+        mix_profiles(load_profile(f), shape_profile(load_profile(o), load_profile(s)), 2.0).save(
+            tmp_path / f"x{i}.safetensors"
+        )
+        for i, (f, o, s) in enumerate(zip(profile_files, others, shapes, strict=True))
+    ]
+    result = _run(["--profiles", *mixed, *args, "--out", tmp_path / "b"])
+    assert result.exit_code == 0, result.output
+    _same_optimum(tmp_path / "a", tmp_path / "b")
+    # The shape matters: unshaped, the same mix is another problem.
+    unshaped = _run(["--profiles", *profile_files, *mix_args, "--mix-weight", "2", *args, "--out", tmp_path / "c"])
+    assert unshaped.exit_code == 0, unshaped.output
+    a, c = (Plan.load(tmp_path / d / "plan_00.json") for d in ("a", "c"))
+    key = f"loss@{a.provenance.extra['objective_length']}"
+    assert a.provenance.objectives[key] != pytest.approx(c.provenance.objectives[key], rel=1e-6)
+    line = _one_sentence_error(
+        _run(["--profiles", *profile_files, *mix_args, "--mix-shape-by", shapes[0], *args, "--out", tmp_path / "d"])
+    )
+    assert "--mix-shape-by has no profile of length" in line
+    line = _one_sentence_error(_run(["--profiles", *profile_files, *shape_args, *args, "--out", tmp_path / "e"]))
+    assert "--mix-shape-by" in line and "--mix" in line
+
+
 def test_profiles_of_one_length_are_merged_by_sample_count(profile_files, small_profiles, tmp_path):
     # Each length profiled twice (say, one calibration task each): 1 sample and 3 samples.
     files = []

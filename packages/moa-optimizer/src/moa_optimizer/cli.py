@@ -65,11 +65,20 @@ def _shaped(profiles: list[Any], shape_paths: tuple[Path, ...]) -> list[Any]:
     return [shape_profile(p, shapes[p.length]) for p in profiles]
 
 
-def _mixed(profiles: list[Any], mix_paths: tuple[Path, ...], weight: float) -> list[Any]:
-    """Each profile mixed with the --mix profile of its length (`moa_plan.mix_profiles`)."""
-    from moa_plan import mix_profiles
+def _mixed(
+    profiles: list[Any], mix_paths: tuple[Path, ...], weight: float, shape_paths: tuple[Path, ...] = ()
+) -> list[Any]:
+    """Each profile mixed with the --mix profile of its length (`moa_plan.mix_profiles`).
+
+    With ``shape_paths`` (--mix-shape-by) each --mix profile is first shaped by the one of its length
+    (`moa_plan.shape_profile`), as --shape-by shapes the first objective.
+    """
+    from moa_plan import mix_profiles, shape_profile
 
     others = _per_length(profiles, mix_paths, "--mix")
+    if shape_paths:
+        shapes = _per_length(profiles, shape_paths, "--mix-shape-by")
+        others = {n: shape_profile(p, shapes[n]) for n, p in others.items()}
     return [mix_profiles(p, others[p.length], weight) for p in profiles]
 
 
@@ -162,6 +171,15 @@ def _mixed(profiles: list[Any], mix_paths: tuple[Path, ...], weight: float) -> l
     "one block costs --mix-weight times what it costs in the first (moa_plan.mix_profiles); repeatable.",
 )
 @click.option(
+    "--mix-shape-by",
+    "mix_shape_paths",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Influence profile(s) of the --mix objective, one per profiled length: each --mix profile (e.g. a measured "
+    "one, --statistic gate on `continue` prompts) is spread over distances like this one's influence before it is "
+    "mixed, as --shape-by does for the first; repeatable.",
+)
+@click.option(
     "--mix-weight",
     type=click.FloatRange(min=0.0),
     default=1.0,
@@ -192,6 +210,7 @@ def optimize_command(
     betas: str | None,
     shape_paths: tuple[Path, ...],
     mix_paths: tuple[Path, ...],
+    mix_shape_paths: tuple[Path, ...],
     mix_weight: float,
     no_plots: bool,
     show_rules: bool,
@@ -234,8 +253,10 @@ def optimize_command(
     profiles = list(_run(lambda: _by_length(profiles)).values())
     if shape_paths:
         profiles = _run(lambda: _shaped(profiles, shape_paths))
+    if mix_shape_paths and not mix_paths:
+        raise click.BadParameter("shapes the --mix profiles, and none was given", param_hint="--mix-shape-by")
     if mix_paths:
-        profiles = _run(lambda: _mixed(profiles, mix_paths, mix_weight))
+        profiles = _run(lambda: _mixed(profiles, mix_paths, mix_weight, mix_shape_paths))
     if show_rules and not as_json:
         from moa_optimizer.grid import format_rule_table, make_grid
 
