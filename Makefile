@@ -123,7 +123,11 @@ GATES := plans/smollm2-135m-instruct/gates-64-reference
 # `moa-gate64-1k2k-reference-0.5.json` / `-0.25.json` (the seventeenth session ran this part as the target: 26 min,
 # beside other work, the same plans to the span). Then the prose objective: `continue` prompts at 1024 and 2048, their
 # influence (about 25 min on one thread beside other work), and `moa-mix-0.5/plan_00.json` =
-# `moa-gate64-mix-1k2k-reference-0.5.json` (mix weight 0.25, chosen on calibration-essay perplexity, RESULTS.md).
+# `moa-gate64-mix-1k2k-reference-0.5.json` (mix weight 0.25, chosen on calibration-essay perplexity, RESULTS.md). Last,
+# the 25% plan with a measured prose objective: gates trained on the `continue` prompts (`--gate-from` the committed
+# `gates-continue-16-*.json`; training them took 51 min at 1024 on one thread and about 42 min at 2048, its last 90 steps on two), shaped by their influence
+# (`--mix-shape-by`), mixed in at weight 0.5: `moa-prosegate-mix-0.25/plan_00.json` =
+# `moa-gate64-prosegate-mix-1k2k-reference-0.25.json` (nineteenth session).
 plans-smollm2: assets ## The committed SmolLM2 gate plans (MoA, per-layer, DuoAttention-style, MoA + prose at 50%) from the committed gates (~25 min, estimated)
 	for n in 1024 2048; do \
 		$(BIN)/moa calibrate $(EXPERIMENT_CALIB) --lengths $$n --num-samples 4 \
@@ -152,6 +156,18 @@ plans-smollm2: assets ## The committed SmolLM2 gate plans (MoA, per-layer, DuoAt
 	$(BIN)/moa optimize $$P --mix $(PLANS_OUT)/cont-1024/influence/profile-1024.safetensors \
 		--mix $(PLANS_OUT)/cont-2048/influence/profile-2048.safetensors --mix-weight 0.25 --density 0.5 \
 		$(EXPERIMENT_GRID) --out $(PLANS_OUT)/moa-mix-0.5
+	set -e; for n in 1024 2048; do \
+		$(BIN)/moa profile $(PLANS_OUT)/cont-$$n/calibration.parquet --model models/smollm2-135m-instruct --quiet \
+			--statistic gate --gate-steps $$([ $$n = 1024 ] && echo 240 || echo 120) --gate-lr 0.025 --gate-penalty 0.05 \
+			--gate-from $(SMOL_PLANS)/gates-continue-16-$$n.json --out $(PLANS_OUT)/cont-$$n/gate; done; \
+	$(BIN)/moa optimize --profiles $(PLANS_OUT)/ref64-1024/gate/profile-1024.safetensors \
+		$(PLANS_OUT)/ref64-2048/gate/profile-2048.safetensors \
+		--shape-by $(PLANS_OUT)/ref16-1024/influence/profile-1024.safetensors \
+		--shape-by $(PLANS_OUT)/ref16-2048/influence/profile-2048.safetensors \
+		--mix $(PLANS_OUT)/cont-1024/gate/profile-1024.safetensors --mix $(PLANS_OUT)/cont-2048/gate/profile-2048.safetensors \
+		--mix-shape-by $(PLANS_OUT)/cont-1024/influence/profile-1024.safetensors \
+		--mix-shape-by $(PLANS_OUT)/cont-2048/influence/profile-2048.safetensors --mix-weight 0.5 --density 0.25 \
+		$(EXPERIMENT_GRID) --out $(PLANS_OUT)/moa-prosegate-mix-0.25
 
 SMOLLM2_PLAN_DIR := plans/smollm2-135m-instruct
 SMOLLM2_PLANS := --plan moa-0.5=$(SMOLLM2_PLAN_DIR)/moa-gate64-1k2k-reference-0.5.json \

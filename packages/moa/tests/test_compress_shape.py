@@ -94,10 +94,35 @@ def test_a_mix_task_is_profiled_on_its_own_set_and_mixed_in(tmp_path: Path, monk
     assert optimize[optimize.index("--mix-weight") + 1] == "0.5"
     report = pipeline._report(pipeline.CompressSettings(**{**run_settings(tmp_path), "mix_task": "continue",
                               "mix_weight": 0.5}), [], "")  # fmt: skip
-    assert "mixed with `continue` at weight 0.5" in report
+    assert "mixed with `continue` (influence) at weight 0.5" in report
+    assert "--mix-shape-by" not in optimize and not (tmp_path / "mix-influence").exists()
     # The weight is an optimize setting: changing it re-runs the optimizer only.
     again = _stages(tmp_path, monkeypatch, statistic="gate", mix_task="continue", mix_weight=2.0)
     assert [c[0] for c in again] == ["optimize"] and again[0][again[0].index("--mix-weight") + 1] == "2.0"
+
+
+@pytest.mark.skipif(not REFERENCE.is_dir(), reason="the reference model is not in the tree")
+def test_a_gated_mix_task_trains_its_own_gates_and_is_shaped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "mix-calibration.parquet").write_text("prose")
+    settings = {"statistic": "gate", "gate_steps": 40, "gate_lr": 0.05, "mix_task": "continue", "mix_weight": 0.5}
+    calls = _stages(tmp_path, monkeypatch, **settings, mix_statistic="gate", mix_gate_penalty=0.01)
+    gate, _influence, mix, mix_shape, optimize = calls
+    assert mix[1] == mix_shape[1] == str(tmp_path / "mix-calibration.parquet")
+    assert mix[mix.index("--statistic") + 1] == "gate"
+    assert [mix[mix.index(f) + 1] for f in ("--gate-steps", "--gate-lr", "--gate-penalty")] == ["40", "0.05", "0.01"]
+    assert gate[gate.index("--gate-penalty") + 1] == "0.5"  # the first objective keeps its own penalty
+    assert mix_shape[mix_shape.index("--statistic") + 1] == "influence" and "--gate-steps" not in mix_shape
+    assert mix_shape[mix_shape.index("--out") + 1] == str(tmp_path / "mix-influence")
+    mixed = [optimize[i + 1] for i, word in enumerate(optimize) if word == "--mix"]
+    assert mixed == [str(tmp_path / "mix" / f"profile-{n}.safetensors") for n in (512, 1024)]
+    shaped = [optimize[i + 1] for i, word in enumerate(optimize) if word == "--mix-shape-by"]
+    assert shaped == [str(tmp_path / "mix-influence" / f"profile-{n}.safetensors") for n in (512, 1024)]
+    report = pipeline._report(pipeline.CompressSettings(**{**run_settings(tmp_path), **settings,
+                              "mix_statistic": "gate"}), [], "")  # fmt: skip
+    assert "mixed with `continue` (gate shaped by its influence) at weight 0.5" in report
+    # The mix penalty is a profile setting: changing it re-runs the profiles and the optimizer.
+    again = _stages(tmp_path, monkeypatch, **settings, mix_statistic="gate", mix_gate_penalty=0.02)
+    assert [c[0] for c in again] == ["profile"] * 4 + ["optimize"]
 
 
 @pytest.mark.skipif(not REFERENCE.is_dir(), reason="the reference model is not in the tree")
@@ -108,3 +133,25 @@ def test_a_mix_task_on_evaluation_text_is_refused(tmp_path: Path, task: str) -> 
     s = CompressSettings(model=REFERENCE, densities=[0.5], lengths=[512], out=tmp_path, mix_task=task)
     with pytest.raises(MoaError, match=f"--mix-task '{task}' reads evaluation text"):
         pipeline._check_inputs(s)
+
+
+def test_the_mix_statistic_flags_reach_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from moa.cli import compress
+
+    seen: list[CompressSettings] = []
+
+    def fake_run(settings: CompressSettings, echo: object) -> dict[str, object]:
+        seen.append(settings)
+        return {"report": "", "plan": ""}
+
+    monkeypatch.setattr(pipeline, "run_compress", fake_run)
+    base = ["--model", str(tmp_path), "--density", "0.5", "--mix-task", "continue", "--out", str(tmp_path)]
+    result = CliRunner().invoke(compress, [*base, "--mix-statistic", "gate", "--mix-gate-penalty", "0.01"])
+    assert result.exit_code == 0, result.output
+    assert (seen[0].mix_statistic, seen[0].mix_gate_penalty) == ("gate", 0.01)
+    result = CliRunner().invoke(compress, base)
+    assert (seen[1].mix_statistic, seen[1].mix_gate_penalty) == ("influence", 0.05)
+    result = CliRunner().invoke(compress, [*base, "--mix-statistic", "greedy"])
+    assert result.exit_code == 2 and "'greedy' is not one of 'influence', 'gate'" in result.output

@@ -426,6 +426,22 @@ def validate(
     help="Weight of --mix-task against the first objective, at equal range (moa_plan.mix_profiles).",
 )
 @click.option(
+    "--mix-statistic",
+    type=click.Choice(["influence", "gate"]),
+    default="influence",
+    show_default=True,
+    help="Statistic of --mix-task: MoA's influence, or gates trained on its answers (--gate-steps, --gate-lr, "
+    "--mix-gate-penalty) shaped by its influence (moa optimize --mix-shape-by); the gates rank prose heads right "
+    "where the influence does not (RESULTS.md, nineteenth session).",
+)
+@click.option(
+    "--mix-gate-penalty",
+    type=click.FloatRange(min=0.0),
+    default=0.05,
+    show_default=True,
+    help="Last L1 penalty of the --mix-statistic gate training, nats per open KV head (prose moves by hundredths).",
+)
+@click.option(
     "--layer-baseline/--no-layer-baseline",
     default=True,
     show_default=True,
@@ -472,6 +488,8 @@ def compress(
     grid_resolution: int,
     mix_task: str,
     mix_weight: float,
+    mix_statistic: str,
+    mix_gate_penalty: float,
     out: Path,
 ) -> None:
     """calibrate -> profile -> optimize -> validate (-> evaluate) in one resumable command."""
@@ -517,6 +535,8 @@ def compress(
         grid_resolution=grid_resolution,
         mix_task=mix_task.strip(),
         mix_weight=mix_weight,
+        mix_statistic=mix_statistic,
+        mix_gate_penalty=mix_gate_penalty,
         out=out,
     )
     result: dict[str, Any] = run_compress(settings, echo=_echo_err)

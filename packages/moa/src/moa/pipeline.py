@@ -83,6 +83,11 @@ class CompressSettings:
     # added to the first by `moa optimize --mix` at ``mix_weight`` times its range. Empty: none.
     mix_task: str = ""
     mix_weight: float = 1.0
+    # The second objective's statistic: MoA's influence, or gates trained on its answers (``gate_steps`` and
+    # ``gate_lr`` of the first, last penalty ``mix_gate_penalty``: prose moves by hundredths of a nat, recall by
+    # nats), then shaped by its own influence (`moa optimize --mix-shape-by`).
+    mix_statistic: str = "influence"
+    mix_gate_penalty: float = 0.05
 
     @property
     def val_length(self) -> int:
@@ -211,11 +216,11 @@ _STAGE_SETTINGS = {
     ),
     "profile": (
         "model", "sink", "block", "statistic", "greedy_group", "greedy_stop", "greedy_lazy", "gate_steps", "gate_lr",
-        "gate_penalty", "shape", "mix_task",
+        "gate_penalty", "shape", "mix_task", "mix_statistic", "mix_gate_penalty",
     ),
     "optimize": (
         "densities", "lengths", "extend", "optimizer", "time_limit", "sink", "block", "layer_baseline",
-        "duo_baseline", "grid_resolution", "shape", "mix_task", "mix_weight",
+        "duo_baseline", "grid_resolution", "shape", "mix_task", "mix_weight", "mix_statistic",
     ),
     "validate": ("model", "densities", "layer_baseline", "duo_baseline"),
     "evaluate": ("model", "densities", "layer_baseline", "duo_baseline", "eval_lengths", "eval_samples", "eval_tasks"),
@@ -234,6 +239,10 @@ class _Compress:
         self.shape_files = [s.out / "influence" / f"profile-{n}.safetensors" for n in s.lengths] if shaped else []
         self.mix_calib = s.out / "mix-calibration.parquet"
         self.mix_files = [s.out / "mix" / f"profile-{n}.safetensors" for n in s.lengths] if s.mix_task else []
+        mix_gated = s.mix_task and s.mix_statistic == "gate"
+        self.mix_shape_files = (
+            [s.out / "mix-influence" / f"profile-{n}.safetensors" for n in s.lengths] if mix_gated else []
+        )
         self.names = [name for name, _ in _variants(s, s.densities[0])]
 
     def stage(self, name: str, inputs: Sequence[Path], outputs: Sequence[Path], run: Callable[[], Any]) -> None:
@@ -291,8 +300,11 @@ class _Compress:
         shape = ["profile", self.calib, "--model", s.model, "--out", self.out / "influence", "--sink", s.sink]
         shape += ["--block", s.block, "--statistic", "influence", "--quiet"]
 
-        mix = ["profile", self.mix_calib, "--model", s.model, "--out", self.out / "mix", "--sink", s.sink]
-        mix += ["--block", s.block, "--statistic", "influence", "--quiet"]
+        mix_common = ["profile", self.mix_calib, "--model", s.model, "--sink", s.sink, "--block", s.block, "--quiet"]
+        mix = [*mix_common, "--out", self.out / "mix", "--statistic", s.mix_statistic]
+        if s.mix_statistic == "gate":
+            mix += ["--gate-steps", s.gate_steps, "--gate-lr", s.gate_lr, "--gate-penalty", s.mix_gate_penalty]
+        mix_shape = [*mix_common, "--out", self.out / "mix-influence", "--statistic", "influence"]
 
         def run() -> None:
             _moa(args, "profile", self.echo)
@@ -300,9 +312,12 @@ class _Compress:
                 _moa(shape, "profile", self.echo)
             if self.mix_files:
                 _moa(mix, "profile", self.echo)
+            if self.mix_shape_files:
+                _moa(mix_shape, "profile", self.echo)
 
         inputs = [s.model, self.calib, *([self.mix_calib] if s.mix_task else [])]
-        self.stage("profile", inputs, [*self.profile_files, *self.shape_files, *self.mix_files], run)
+        outputs = [*self.profile_files, *self.shape_files, *self.mix_files, *self.mix_shape_files]
+        self.stage("profile", inputs, outputs, run)
 
     def optimize(self) -> None:
         s = self.s
@@ -314,6 +329,7 @@ class _Compress:
                     args += ["--time-limit", s.time_limit, "--optimizer", s.optimizer, *extra]
                     args += [x for f in self.shape_files for x in ("--shape-by", f)]
                     args += [x for f in self.mix_files for x in ("--mix", f)]
+                    args += [x for f in self.mix_shape_files for x in ("--mix-shape-by", f)]
                     args += ["--mix-weight", s.mix_weight] if self.mix_files else []
                     # One solver thread: multi-threaded CP-SAT may return another of several equal-loss
                     # plans, and a resumed pipeline must reproduce the plan of an uninterrupted one.
@@ -321,7 +337,8 @@ class _Compress:
                     _moa(args, "optimize", self.echo)
 
         summaries = [self.plan_dir(d, v) / "plans" / "summary.parquet" for d in s.densities for v in self.names]
-        self.stage("optimize", [*self.profile_files, *self.shape_files, *self.mix_files], summaries, run)
+        inputs = [*self.profile_files, *self.shape_files, *self.mix_files, *self.mix_shape_files]
+        self.stage("optimize", inputs, summaries, run)
 
     def validate(self) -> None:
         s = self.s
@@ -408,7 +425,13 @@ def _report(s: CompressSettings, finals: Sequence[tuple[float, str, Path]], eval
         + (f"records `{s.records}`" if s.records else f"task `{s.task}` ({s.samples} samples per length and task)")
         + f", profile statistic `{s.statistic}`"
         + (" shaped by the influence profile" if s.shape and s.statistic != "influence" else "")
-        + (f", mixed with `{s.mix_task}` at weight {s.mix_weight:g}" if s.mix_task else "")
+        + (
+            f", mixed with `{s.mix_task}` ({s.mix_statistic}"
+            + (" shaped by its influence" if s.mix_statistic == "gate" else "")
+            + f") at weight {s.mix_weight:g}"
+            if s.mix_task
+            else ""
+        )
         + f", calibration answers `{s.answers}`, optimizer `{s.optimizer}`, extend {s.extend}.",
         "",
     ]
