@@ -128,7 +128,7 @@ GATES := plans/smollm2-135m-instruct/gates-64-reference
 # `gates-continue-16-*.json`; training them took 51 min at 1024 on one thread and about 42 min at 2048, its last 90 steps on two), shaped by their influence
 # (`--mix-shape-by`), mixed in at weight 0.5: `moa-prosegate-mix-0.25/plan_00.json` =
 # `moa-gate64-prosegate-mix-1k2k-reference-0.25.json` (nineteenth session).
-plans-smollm2: assets ## The committed SmolLM2 gate plans (MoA, per-layer, DuoAttention-style, MoA + prose at 50%) from the committed gates (~25 min, estimated)
+plans-smollm2: assets ## The committed SmolLM2 gate plans (MoA, per-layer, DuoAttention-style, MoA + prose at 50% and 25%) from the committed gates (~25 min, estimated)
 	for n in 1024 2048; do \
 		$(BIN)/moa calibrate $(EXPERIMENT_CALIB) --lengths $$n --num-samples 4 \
 			--out $(PLANS_OUT)/ref16-$$n/calibration.parquet && \
@@ -155,16 +155,12 @@ plans-smollm2: assets ## The committed SmolLM2 gate plans (MoA, per-layer, DuoAt
 			--statistic influence --out $(PLANS_OUT)/cont-$$n/influence; done; \
 	$(BIN)/moa optimize $$P --mix $(PLANS_OUT)/cont-1024/influence/profile-1024.safetensors \
 		--mix $(PLANS_OUT)/cont-2048/influence/profile-2048.safetensors --mix-weight 0.25 --density 0.5 \
-		$(EXPERIMENT_GRID) --out $(PLANS_OUT)/moa-mix-0.5
-	set -e; for n in 1024 2048; do \
+		$(EXPERIMENT_GRID) --out $(PLANS_OUT)/moa-mix-0.5; \
+	for ns in 1024:240 2048:120; do n=$${ns%:*}; \
 		$(BIN)/moa profile $(PLANS_OUT)/cont-$$n/calibration.parquet --model models/smollm2-135m-instruct --quiet \
-			--statistic gate --gate-steps $$([ $$n = 1024 ] && echo 240 || echo 120) --gate-lr 0.025 --gate-penalty 0.05 \
+			--statistic gate --gate-steps $${ns#*:} --gate-lr 0.025 --gate-penalty 0.05 \
 			--gate-from $(SMOL_PLANS)/gates-continue-16-$$n.json --out $(PLANS_OUT)/cont-$$n/gate; done; \
-	$(BIN)/moa optimize --profiles $(PLANS_OUT)/ref64-1024/gate/profile-1024.safetensors \
-		$(PLANS_OUT)/ref64-2048/gate/profile-2048.safetensors \
-		--shape-by $(PLANS_OUT)/ref16-1024/influence/profile-1024.safetensors \
-		--shape-by $(PLANS_OUT)/ref16-2048/influence/profile-2048.safetensors \
-		--mix $(PLANS_OUT)/cont-1024/gate/profile-1024.safetensors --mix $(PLANS_OUT)/cont-2048/gate/profile-2048.safetensors \
+	$(BIN)/moa optimize $$P --mix $(PLANS_OUT)/cont-1024/gate/profile-1024.safetensors --mix $(PLANS_OUT)/cont-2048/gate/profile-2048.safetensors \
 		--mix-shape-by $(PLANS_OUT)/cont-1024/influence/profile-1024.safetensors \
 		--mix-shape-by $(PLANS_OUT)/cont-2048/influence/profile-2048.safetensors --mix-weight 0.5 --density 0.25 \
 		$(EXPERIMENT_GRID) --out $(PLANS_OUT)/moa-prosegate-mix-0.25

@@ -57,11 +57,11 @@ def _per_length(profiles: list[Any], paths: tuple[Path, ...], flag: str) -> dict
     return given
 
 
-def _shaped(profiles: list[Any], shape_paths: tuple[Path, ...]) -> list[Any]:
-    """Each profile shaped by the --shape-by profile of its length (`moa_plan.shape_profile`)."""
+def _shaped(profiles: list[Any], shape_paths: tuple[Path, ...], flag: str = "--shape-by") -> list[Any]:
+    """Each profile shaped by the profile of its length among ``shape_paths`` (`moa_plan.shape_profile`)."""
     from moa_plan import shape_profile
 
-    shapes = _per_length(profiles, shape_paths, "--shape-by")
+    shapes = _per_length(profiles, shape_paths, flag)
     return [shape_profile(p, shapes[p.length]) for p in profiles]
 
 
@@ -73,13 +73,13 @@ def _mixed(
     With ``shape_paths`` (--mix-shape-by) each --mix profile is first shaped by the one of its length
     (`moa_plan.shape_profile`), as --shape-by shapes the first objective.
     """
-    from moa_plan import mix_profiles, shape_profile
+    from moa_plan import mix_profiles
 
-    others = _per_length(profiles, mix_paths, "--mix")
+    others = list(_per_length(profiles, mix_paths, "--mix").values())
     if shape_paths:
-        shapes = _per_length(profiles, shape_paths, "--mix-shape-by")
-        others = {n: shape_profile(p, shapes[n]) for n, p in others.items()}
-    return [mix_profiles(p, others[p.length], weight) for p in profiles]
+        others = _shaped(others, shape_paths, "--mix-shape-by")
+    by_length = {p.length: p for p in others}
+    return [mix_profiles(p, by_length[p.length], weight) for p in profiles]
 
 
 @click.command("optimize")
@@ -229,6 +229,8 @@ def optimize_command(
         raise click.BadParameter(f"density must be in (0, 1], got {density}", param_hint="--density")
     if lower is not None and not 0.0 <= lower <= density:
         raise click.BadParameter(f"lower bound must be in [0, {density}], got {lower}", param_hint="--lower")
+    if mix_shape_paths and not mix_paths:
+        raise click.BadParameter("it shapes --mix profiles, and no --mix was given", param_hint="--mix-shape-by")
     limit = None if max_rules_per_layer.lower() in ("none", "off") else _positive_int(max_rules_per_layer)
     config = OptimizeConfig(
         density=density,
@@ -253,8 +255,6 @@ def optimize_command(
     profiles = list(_run(lambda: _by_length(profiles)).values())
     if shape_paths:
         profiles = _run(lambda: _shaped(profiles, shape_paths))
-    if mix_shape_paths and not mix_paths:
-        raise click.BadParameter("shapes the --mix profiles, and none was given", param_hint="--mix-shape-by")
     if mix_paths:
         profiles = _run(lambda: _mixed(profiles, mix_paths, mix_weight, mix_shape_paths))
     if show_rules and not as_json:
