@@ -10,7 +10,7 @@ TORCH_PIN ?= torch==2.13.0
 SRC_DIRS := $(foreach p,$(PKGS),packages/$(p)/src)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup assets test lint typecheck pytest test-slow test-gpu demo demo-reference experiment table-smollm2 plans-smollm2 bench bench-smollm2 clean
+.PHONY: help setup assets test lint typecheck pytest test-slow test-gpu demo demo-reference experiment table-smollm2 plans-smollm2 bench bench-smollm2 bench-smollm2-packed clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-15s %s\n", $$1, $$2}'
@@ -180,6 +180,15 @@ bench-smollm2: assets ## BENCHMARKS.md's SmolLM2 section: 8k x 8 decode vs the s
 	$(BIN)/moa bench e2e --model models/smollm2-135m-instruct --lengths 2048,4096 --batches 1,4,8 \
 		--methods dense,dense-static,uniform,moa --densities 0.5,0.25 $(SMOLLM2_PLANS) \
 		--prefill-rows 1 --prefill-chunk 0 --new-tokens 32 --out runs/bench-smollm2/2k4k
+
+bench-smollm2-packed: assets ## BENCHMARKS.md's headline: 8k x 8 decode (5 rounds) and 8k prefill (default chunking), every method with oneDNN-packed weights (~30 min)
+	$(BIN)/moa bench e2e --model models/smollm2-135m-instruct --lengths 8192 --batches 8 --methods dense-static,moa \
+		$(SMOLLM2_PLANS) --plan moa-prose-0.25=$(SMOLLM2_PLAN_DIR)/moa-gate64-prosegate-mix-1k2k-reference-0.25.json \
+		--prefill-rows 1 --prefill-chunk 0 --new-tokens 32 --rounds 5 --linear packed --out runs/bench-smollm2/8k-b8-packed
+	$(BIN)/moa bench e2e --model models/smollm2-135m-instruct --lengths 8192 --batches 1 --methods dense-static,moa \
+		--plan moa-0.25=$(SMOLLM2_PLAN_DIR)/moa-gate64-1k2k-reference-0.25.json \
+		--plan moa-prose-0.25=$(SMOLLM2_PLAN_DIR)/moa-gate64-prosegate-mix-1k2k-reference-0.25.json \
+		--new-tokens 8 --rounds 3 --linear packed --out runs/bench-smollm2/8k-prefill-packed
 
 bench: setup ## CPU benchmarks (e2e decode/prefill/memory, optimizer search, profiling cost) into runs/bench
 	$(BIN)/moa bench e2e --out runs/bench

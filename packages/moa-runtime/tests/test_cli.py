@@ -53,6 +53,23 @@ def test_generate_streams_the_library_output(model_dir: Path, plan_file: Path) -
     assert len(out.split()) >= 1
 
 
+def test_packed_linears_stream_the_same_tokens(
+    model_dir: Path, plan_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moa_runtime import packed_linears_available
+
+    args = ("--model", str(model_dir), "--plan", str(plan_file), "--prompt", PROMPT, "--max-new-tokens", "8")
+    code, plain = _run(*args)
+    assert code == 0, plain
+    if packed_linears_available():
+        code, packed = _run(*args, "--packed-linears")
+        assert code == 0, packed
+        assert packed == plain
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    line = _one_error(*_run(*args, "--packed-linears"))
+    assert "no oneDNN" in line
+
+
 def test_generate_from_file_with_chat(model_dir: Path, plan_file: Path, tmp_path: Path) -> None:
     prompt = tmp_path / "prompt.txt"
     prompt.write_text(PROMPT)

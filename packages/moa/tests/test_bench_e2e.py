@@ -60,10 +60,13 @@ def test_dense_baselines_decode_what_generate_decodes(
     assert result["kv_density"] == 1.0
 
 
+@pytest.mark.parametrize("linear", ["left", "packed"])
 @pytest.mark.parametrize("method", ["dense-static", "moa"])
-def test_the_left_operand_linears_decode_what_generate_decodes(oracle: list[int], method: str, tmp_path: Any) -> None:
-    # --linear left changes only how the weight products are laid out: a dense model, and a dense plan through the
-    # MoA cache, still decode plain generate's tokens.
+def test_the_other_linears_decode_what_generate_decodes(
+    oracle: list[int], method: str, linear: str, tmp_path: Any
+) -> None:
+    # --linear left/packed changes only how the weight products are laid out: a dense model, and a dense plan through
+    # the MoA cache, still decode plain generate's tokens.
     plan = None
     if method == "moa":
         fp = ModelFingerprint.from_config(e2e._load_model(Case(model="bench", method="dense", length=1, batch=1))[1])
@@ -77,10 +80,10 @@ def test_the_left_operand_linears_decode_what_generate_decodes(oracle: list[int]
         new_tokens=NEW,
         warmup_tokens=2,
         prefill_rows=1,
-        linear="left",
+        linear=linear,
     )
     result = run_case(case, bandwidth=1e10)
-    assert result["linear"] == "left"
+    assert result["linear"] == linear
     assert result["tokens"] == oracle
 
 

@@ -6,7 +6,7 @@ Importing this package registers nothing; `apply_plan` (or `register`) does.
 from moa_runtime.attention import ATTN_NAME, apply_plan, moa_attention_forward, register, remove_plan
 from moa_runtime.cache import IMPLEMENTATIONS, MoACache, MoALayer
 from moa_runtime.errors import MoaRuntimeError
-from moa_runtime.linear import left_operand_linears
+from moa_runtime.linear import left_operand_linears, packed_linears, packed_linears_available
 from moa_runtime.loading import load_model, load_model_and_tokenizer, load_tokenizer, model_fingerprint
 from moa_runtime.positional import positional_attention
 
@@ -26,6 +26,8 @@ __all__ = [
     "load_tokenizer",
     "model_fingerprint",
     "moa_attention_forward",
+    "packed_linears",
+    "packed_linears_available",
     "positional_attention",
     "register",
     "remove_plan",

@@ -77,6 +77,13 @@ def _echo_streamer(tokenizer: Any) -> Any:
 @click.option("--device", default="auto", show_default=True, help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
 @click.option("--dtype", type=click.Choice(["auto", *_DTYPES]), default="auto", show_default=True)
 @click.option("--trust-remote-code", is_flag=True, default=False, help="Allow model code from the model directory.")
+@click.option(
+    "--packed-linears",
+    is_flag=True,
+    default=False,
+    help="CPU only: run the weight products through oneDNN-packed weights (moa_runtime.packed_linears; the same "
+    "tokens, faster on x86 CPUs, one more copy of the weights in memory).",
+)
 def generate_command(
     model_path: Path,
     plan_path: Path,
@@ -88,6 +95,7 @@ def generate_command(
     device: str,
     dtype: str,
     trust_remote_code: bool,
+    packed_linears: bool,
 ) -> None:
     """Generate from PROMPT with the model running under PLAN, streaming tokens to stdout (greedy)."""
     import torch
@@ -107,6 +115,12 @@ def generate_command(
     if ids.shape[1] == 0:
         raise MoaRuntimeError("the prompt has no tokens.")
     apply_plan(model, plan, implementation=implementation)
+    if packed_linears:
+        from moa_runtime.linear import packed_linears as pack
+
+        if model.device.type != "cpu":
+            raise MoaRuntimeError(f"--packed-linears runs on the CPU only, and the model is on {model.device}.")
+        pack(model)
     with torch.no_grad():
         model.generate(
             ids.to(model.device),

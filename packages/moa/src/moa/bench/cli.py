@@ -140,11 +140,12 @@ def _profile_tables(rows: list[dict[str, object]]) -> str:
 @click.option("--profile-step", is_flag=True, help="Also profile one decode step per case (top operators).")
 @click.option(
     "--linear",
-    type=click.Choice(["torch", "left"]),
+    type=click.Choice(["torch", "left", "packed"]),
     default="torch",
     show_default=True,
-    help="Weight products of every method: torch (F.linear, as transformers runs them) or left (decode's products as "
-    "W @ x.T, moa_runtime.left_operand_linears; faster on some CPUs, for dense and plans alike).",
+    help="Weight products of every method: torch (F.linear, as transformers runs them), left (decode's products as "
+    "W @ x.T, moa_runtime.left_operand_linears) or packed (oneDNN-packed weights, moa_runtime.packed_linears); "
+    "for dense and plans alike.",
 )
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="torch threads per case.")
 @click.option(

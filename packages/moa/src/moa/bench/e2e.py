@@ -61,7 +61,7 @@ BENCH_MODEL: dict[str, Any] = {
 }
 
 METHODS = ("dense", "dense-static", "dense-compiled", "uniform", "moa")
-LINEARS = ("torch", "left")
+LINEARS = ("torch", "left", "packed")
 BASELINE = "dense-static"
 _DENSE = ("dense", "dense-static", "dense-compiled")
 
@@ -242,7 +242,7 @@ def run_case(case: Case, bandwidth: float) -> dict[str, Any]:
     import torch
 
     from moa_profiler.memory import peak_rss_mib
-    from moa_runtime import apply_plan, left_operand_linears
+    from moa_runtime import apply_plan, left_operand_linears, packed_linears
     from moa_runtime.attention import PREFILL_CHUNK
 
     if case.method not in METHODS:
@@ -255,6 +255,8 @@ def run_case(case: Case, bandwidth: float) -> dict[str, Any]:
     model, config = _load_model(case)
     if case.linear == "left":
         left_operand_linears(model)
+    elif case.linear == "packed":
+        packed_linears(model, rows_hint=case.batch)
     plan = None
     if case.method in ("uniform", "moa"):
         plan = _plan_for(case, config)
