@@ -1,20 +1,21 @@
-"""``blockwise_moa_prefill``: the CPU prefill of unpadded rows, as mask-free fused attention blocks.
+"""``blockwise_moa_prefill``: the CPU prefill of unpadded rows, as one fused attention call per query block.
 
-PyTorch's fused CPU attention (the flash kernel dense prefill runs) is fastest without a mask:
-a boolean mask costs a mask tensor per chunk and a rectangle of scores of which up to half is
-thrown away. A KV head's sink + window mask splits into pieces that need no mask at all. With
-window ``w`` and sink ``S``:
+PyTorch's fused CPU attention (the flash kernel dense prefill runs) takes no shortcut inside a small masked
+block: a causal 256 x 256 call costs as much as an unmasked one. So a KV head's sink + window band runs as one
+call per block of ``n <= MAX_BLOCK`` queries. With window ``w`` and sink ``S``:
 
 * queries ``i < w + S`` see every earlier key (the band reaches back into the sink): one causal call;
-* later queries, in blocks ``[c0, c0 + n)`` with ``n <= w - 1``, see three disjoint key sets:
-  the sink plus the keys every query of the block sees (``[c0 - w + 1 + n, c0)``: unmasked), the
-  block's own keys ``[c0, c0 + n)`` (causal), and the left edge ``[c0 - w + 1, c0 - w + 1 + n)``,
-  where query ``a`` of the block sees key ``b`` iff ``b >= a``: causal once both are reversed.
+* later queries, in blocks ``[c0, c0 + n)`` with ``n <= w - 1``, see the sink and the keys
+  ``[c0 - w + 1, c0 + n)``, query ``a`` the ``w`` of them ending at its own position. The keys are the sink
+  followed by that range, and the additive mask ``[n, S + w - 1 + n]`` is the same for every block
+  (`_band_mask`), so one mask serves them all and no log-sum-exp merge is needed.
 
-The three results are merged through their log-sum-exps, which
-the private ``aten::_scaled_dot_product_flash_attention_for_cpu`` returns beside the output. Heads
-with a window below ``MIN_WINDOW`` (many tiny blocks) or none go through the masked reference.
-The test oracle is `reference_moa_prefill` (and through it the dense masked attention).
+An earlier version split each block into three mask-free calls (causal, reversed causal and unmasked) merged
+through their log-sum-exps. It computed the same number of scores and was 5% (window 960) to 45% (window 64)
+slower on the CPU of BENCHMARKS.md, because of the merges, flips and the extra calls. The kernel returns the
+log-sum-exp beside the output (``aten::_scaled_dot_product_flash_attention_for_cpu``). Heads with a window below
+``MIN_WINDOW`` (many tiny blocks) or none go through the masked reference. The test oracle is
+`reference_moa_prefill` (and through it the dense masked attention).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from moa_kernels.ops.moa_prefill.reference import reference_moa_prefill
 __all__ = ["blockwise_moa_prefill", "MIN_WINDOW", "MAX_BLOCK"]
 
 MIN_WINDOW = 64
-MAX_BLOCK = 256
+MAX_BLOCK = 128
 
 
 def _attend(
@@ -51,6 +52,19 @@ def _merge(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor
     return o, lse
 
 
+def _band_mask(sink: int, window: int, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Additive mask [n, sink + window - 1 + n] of a query block over the sink and its band's keys.
+
+    Query ``a`` of a block starting at ``c0`` sees every sink key and the band keys ``[c0 - w + 1 + a, c0 + a]``,
+    that is columns ``sink + a ... sink + a + w - 1``: the same for every block, so one mask serves them all.
+    """
+    a = torch.arange(n, device=device).view(n, 1)
+    j = torch.arange(window - 1 + n, device=device).view(1, -1)
+    band = (j >= a) & (j <= a + window - 1)
+    visible = torch.cat([torch.ones(n, sink, dtype=torch.bool, device=device), band], dim=1)
+    return torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill_(~visible, float("-inf"))
+
+
 def _band_head(
     qh: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor, sink: int, window: int, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,25 +76,28 @@ def _band_head(
         return o, lse
     outs, lses = [o], [lse]
     block = min(window - 1, MAX_BLOCK)
-    flip = (2,)
+    mask = _band_mask(sink, window, block, qh.dtype, qh.device)
+    g = qh.shape[1]
     for c0 in range(prefix, seqlen, block):
         c1 = min(seqlen, c0 + block)
         n = c1 - c0
         left = c0 - window + 1
-        qb = qh[:, :, c0:c1]
-        o_d, l_d = _attend(qb, kh[:, :, c0:c1], vh[:, :, c0:c1], True, scale)
-        o_e, l_e = _attend(
-            qb.flip(flip), kh[:, :, left : left + n].flip(flip), vh[:, :, left : left + n].flip(flip), True, scale
+        if sink > 0:
+            ks = torch.cat([kh[:, :, :sink], kh[:, :, left:c1]], dim=2)
+            vs = torch.cat([vh[:, :, :sink], vh[:, :, left:c1]], dim=2)
+        else:
+            ks, vs = kh[:, :, left:c1], vh[:, :, left:c1]
+        o_b, l_b = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            qh[:, :, c0:c1],
+            ks.expand(-1, g, -1, -1),
+            vs.expand(-1, g, -1, -1),
+            0.0,
+            False,
+            attn_mask=mask[:n, : sink + window - 1 + n],
+            scale=scale,
         )
-        parts = [(o_d, l_d), (o_e.flip(flip), l_e.flip(flip))]
-        full = (left + n, c0)
-        if full[0] < full[1]:
-            ks = torch.cat([kh[:, :, :sink], kh[:, :, full[0] : full[1]]], dim=2)
-            vs = torch.cat([vh[:, :, :sink], vh[:, :, full[0] : full[1]]], dim=2)
-            parts.append(_attend(qb, ks, vs, False, scale))
-        elif sink > 0:
-            parts.append(_attend(qb, kh[:, :, :sink], vh[:, :, :sink], False, scale))
-        o_b, l_b = _merge(parts)
+        if o_b.dtype in (torch.float16, torch.bfloat16):
+            o_b = o_b.float()
         outs.append(o_b)
         lses.append(l_b)
     return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
