@@ -14,7 +14,8 @@ It prints the step's attention time (median of repeats), the KV bytes it reads a
 copy bandwidth measured in the same run. With `--matmuls` it also times the part of the step every method shares:
 the weight matmuls of SmolLM2-135M (30 layers of q, k, v, o, gate, up, down with weights of their own, and the
 576 x 49152 head) at this batch and at batch 1, beside one read of the same bytes, and at this batch in two other
-layouts of the same products (the weight as the left operand; the weight stored transposed).
+layouts of the same products (the weight as the left operand; the weight stored transposed) and through oneDNN-packed
+weights (`moa_runtime.packed_linears`' product).
 """
 
 from __future__ import annotations
@@ -140,6 +141,11 @@ def matmul_rows(batch: int, layers: int, repeats: int) -> None:
         "`W @ x.T` (weight as left operand)": lambda: [w @ x[w.shape[1]].t() for w in weights],
         "`x @ W.T` with `W.T` stored contiguous": lambda: [x[w.shape[0]] @ w for w in transposed],
     }
+    packed = [torch.ops.mkldnn._reorder_linear_weight(w, batch) for w in weights]
+    layouts["oneDNN-packed weight (`moa_runtime.packed_linears`)"] = lambda: [
+        torch.ops.mkldnn._linear_pointwise(x[w.shape[1]], p, None, "none", [], "")
+        for w, p in zip(weights, packed, strict=True)
+    ]
     for name, call in layouts.items():
         s = median_seconds(call, repeats, warmup=1)
         print(f"| {name} | {batch} | {nbytes / 1e9:.3f} | {s * 1e3:.1f} | {nbytes / 1e9 / s:.1f} |")

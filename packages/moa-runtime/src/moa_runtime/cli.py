@@ -82,7 +82,7 @@ def _echo_streamer(tokenizer: Any) -> Any:
     is_flag=True,
     default=False,
     help="CPU only: run the weight products through oneDNN-packed weights (moa_runtime.packed_linears; the same "
-    "tokens, faster on x86 CPUs, one more copy of the weights in memory).",
+    "tokens, faster on the CPUs of BENCHMARKS.md, one more copy of the weights in memory).",
 )
 def generate_command(
     model_path: Path,

@@ -7,10 +7,11 @@ weights at about 40% of memory speed, while the same product with the weight as 
 `torch.nn.Linear` of a model through that layout when its input has at most ``max_rows`` rows (decode) and through
 `F.linear` otherwise (prefill). The result is the same product up to float rounding.
 
-`packed_linears` goes further on CPUs with oneDNN (every x86 build of torch): it keeps a copy of each fp32 weight in
-oneDNN's blocked layout (`torch.ops.mkldnn._reorder_linear_weight`, what `torch.compile` with freezing uses on the
-CPU) and runs every product, decode and prefill, through `torch.ops.mkldnn._linear_pointwise`. On the AMD EPYC of
-BENCHMARKS.md that reads a decode step's weights 1.8x faster than `F.linear` at 8 rows. The copy costs the weights'
+`packed_linears` goes further where torch has oneDNN (the CPU build used here does): it keeps a copy of each fp32
+weight in oneDNN's blocked layout (`torch.ops.mkldnn._reorder_linear_weight`, the op that inductor's CPU freezing
+passes insert, `torch/_inductor/fx_passes/mkldnn_fusion.py`) and runs every product, decode and prefill, through
+`torch.ops.mkldnn._linear_pointwise`. On the AMD EPYC of BENCHMARKS.md one decode step's weight products at 8 rows
+take 48 ms packed against 79 ms with `F.linear` (`tools/decode_attention_micro.py --plan ... --matmuls`). The copy costs the weights'
 bytes once more (the tied embedding included), and it is repacked if the weight is changed in place.
 
 Both touch no attention and no cache, so they speed a dense model as much as a planned one: a benchmark applies one
@@ -63,7 +64,7 @@ def _left_operand_forward(module: torch.nn.Linear, max_rows: int, x: torch.Tenso
 
 
 def packed_linears_available() -> bool:
-    """True when this torch build has oneDNN's packed linear (x86 CPU builds do)."""
+    """True when this torch build has oneDNN's packed linear."""
     mkldnn = getattr(torch.ops, "mkldnn", None)
     return bool(
         torch.backends.mkldnn.is_available()
