@@ -1,6 +1,6 @@
 """Where one prefill's time goes: torch.profiler over `moa.bench.e2e`'s prefill of one row, dense or with a plan.
 
-    .venv/bin/python tools/prefill_profile.py --model models/smollm2-135m-instruct --length 8192 [--plan PLAN.json] [--chunk 2048]
+    .venv/bin/python tools/prefill_profile.py --model models/smollm2-135m-instruct --length 8192 [--plan PLAN.json] [--chunk 2048] [--linear packed]
 
 Prints the prefill time and the top operators by self CPU time (one torch thread, as the benchmark).
 """
@@ -19,19 +19,29 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--plan", help="a plan file (default: dense SDPA with a static cache)")
     parser.add_argument("--chunk", type=int, default=0, help="prefill chunk in tokens (0: one pass)")
     parser.add_argument("--rows", type=int, default=14, help="operators to print")
+    parser.add_argument("--linear", choices=("torch", "left", "packed"), default="torch", help="as `moa bench e2e`")
     args = parser.parse_args(argv)
 
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     from moa.bench.e2e import Case, _load_model, _new_cache, _plan_for, _prefill
-    from moa_runtime import apply_plan
+    from moa_runtime import apply_plan, left_operand_linears, packed_linears
 
     torch.set_num_threads(1)
     case = Case(
-        model=args.model, method="moa" if args.plan else "dense-static", plan=args.plan, length=args.length, batch=1
+        model=args.model,
+        method="moa" if args.plan else "dense-static",
+        plan=args.plan,
+        length=args.length,
+        batch=1,
+        linear=args.linear,
     )
     model, config = _load_model(case)
+    if args.linear == "left":
+        left_operand_linears(model)
+    elif args.linear == "packed":
+        packed_linears(model, rows_hint=1)
     plan = _plan_for(case, config) if args.plan else None
     if plan is not None:
         apply_plan(model, plan)

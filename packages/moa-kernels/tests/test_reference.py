@@ -295,9 +295,9 @@ def test_decode_equal_empty_head_is_zero_and_bad_segments_raise():
 )
 def test_blockwise_prefill_matches_dense_oracle(b, t, hq, h, sink, windows, offset):
     """The CPU fast path (one masked fused call per query block) == the explicit-mask dense oracle, o and lse."""
-    from moa_kernels.ops.moa_prefill.blocks import MAX_BLOCK, MIN_WINDOW
+    from moa_kernels.ops.moa_prefill.blocks import BLOCK, MIN_WINDOW
 
-    blocks = [(t - w - sink) / min(w - 1, MAX_BLOCK) for w in windows if w >= MIN_WINDOW and w + sink < t]
+    blocks = [(t - w - sink) / min(w, BLOCK) for w in windows if w >= MIN_WINDOW and w + sink < t]
     assert max(blocks, default=0) > 1 or t < 100  # the band path runs more than one block
     q, k, v = _inputs(b, t, hq, h, 16)
     off = None if offset is None else torch.tensor(offset)

@@ -1,21 +1,24 @@
-"""``blockwise_moa_prefill``: the CPU prefill of unpadded rows, as one fused attention call per query block.
+"""``blockwise_moa_prefill``: the CPU prefill of unpadded rows, from a few fused attention calls per KV head.
 
-PyTorch's fused CPU attention (the flash kernel dense prefill runs) takes no shortcut inside a small masked
-block: a causal 256 x 256 call costs as much as an unmasked one. So a KV head's sink + window band runs as one
-call per block of ``n <= MAX_BLOCK`` queries. With window ``w`` and sink ``S``:
+PyTorch's fused CPU attention (the flash kernel dense prefill runs) skips masked work only for ``is_causal``, and
+only by whole tiles; with an explicit mask it computes every score of the call. So a KV head's sink + window band
+is cut into pieces whose wasted scores are few. With window ``w`` and sink ``S``:
 
 * queries ``i < w + S`` see every earlier key (the band reaches back into the sink): one causal call;
-* later queries, in blocks ``[c0, c0 + n)`` with ``n <= w - 1``, see the sink and the keys
-  ``[c0 - w + 1, c0 + n)``, query ``a`` the ``w`` of them ending at its own position. The keys are the sink
-  followed by that range, and the additive mask ``[n, S + w - 1 + n]`` is the same for every block
-  (`_band_mask`), so one mask serves them all and no log-sum-exp merge is needed.
+* later queries, in blocks ``[c0, c0 + n)`` with ``n = min(w, BLOCK)``, see the band keys
+  ``[c0 - w + 1, c0 + n)``, query ``a`` the ``w`` of them ending at its own position. The additive mask
+  ``[n, w - 1 + n]`` is the same for every block (`_band_mask`), and the blocks' keys are one overlapping strided
+  view of the head's keys (`_blocks`), so every full block of a row goes into **one** masked call, stacked on the
+  batch axis, without copying a key; a shorter last block is one more call;
+* the same later queries see the sink: one unmasked call, merged with the band through the log-sum-exps the
+  kernel returns beside the output (``aten::_scaled_dot_product_flash_attention_for_cpu``).
 
-An earlier version split each block into three mask-free calls (causal, reversed causal and unmasked) merged
-through their log-sum-exps. It computed the same number of scores and was 5% (window 960) to 45% (window 64)
-slower on the CPU of BENCHMARKS.md, because of the merges, flips and the extra calls. The kernel returns the
-log-sum-exp beside the output (``aten::_scaled_dot_product_flash_attention_for_cpu``). Heads with a window below
-``MIN_WINDOW`` (many tiny blocks) or none go through the masked reference. The test oracle is
-`reference_moa_prefill` (and through it the dense masked attention).
+A block computes ``n x (w - 1 + n)`` scores for ``n x w`` useful ones, and the kernel's query tile is 32 rows below
+192 query rows, so small blocks waste little. Two earlier versions were slower on the CPUs of BENCHMARKS.md: three
+mask-free calls per 128-query block (causal, reversed causal, unmasked) merged by log-sum-exp, and then one masked
+call per 128-query block with the sink concatenated to each block's keys. Heads with a window below
+``MIN_WINDOW`` or none go through the masked reference. The test oracle is `reference_moa_prefill` (and through
+it the dense masked attention).
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ import torch
 from moa_kernels._checks import default_scale
 from moa_kernels.ops.moa_prefill.reference import reference_moa_prefill
 
-__all__ = ["blockwise_moa_prefill", "MIN_WINDOW", "MAX_BLOCK"]
+__all__ = ["blockwise_moa_prefill", "MIN_WINDOW", "BLOCK"]
 
 MIN_WINDOW = 64
-MAX_BLOCK = 128
+BLOCK = 32
 
 
 def _attend(
@@ -52,55 +55,84 @@ def _merge(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor
     return o, lse
 
 
-def _band_mask(sink: int, window: int, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Additive mask [n, sink + window - 1 + n] of a query block over the sink and its band's keys.
+def _band_mask(window: int, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Additive mask [n, window - 1 + n] of a query block over its band's keys.
 
-    Query ``a`` of a block starting at ``c0`` sees every sink key and the band keys ``[c0 - w + 1 + a, c0 + a]``,
-    that is columns ``sink + a ... sink + a + w - 1``: the same for every block, so one mask serves them all.
+    Query ``a`` of a block starting at ``c0`` sees the band keys ``[c0 - w + 1 + a, c0 + a]``, that is columns
+    ``a ... a + w - 1`` of the block's keys ``[c0 - w + 1, c0 + n)``: the same for every block, so one mask serves
+    them all.
     """
     a = torch.arange(n, device=device).view(n, 1)
     j = torch.arange(window - 1 + n, device=device).view(1, -1)
-    band = (j >= a) & (j <= a + window - 1)
-    visible = torch.cat([torch.ones(n, sink, dtype=torch.bool, device=device), band], dim=1)
+    visible = (j >= a) & (j <= a + window - 1)
     return torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill_(~visible, float("-inf"))
+
+
+def _blocks(x: torch.Tensor, row: int, first: int, count: int, stride: int, length: int) -> torch.Tensor:
+    """Overlapping view [count, 1, length, D] of ``x[row, 0]`` ([B, 1, T, D]): block ``i`` holds the positions
+    ``first + i * stride ... + length - 1``. No copy: the fused kernel reads the blocks through their strides."""
+    s_b, _, s_t, s_d = x.stride()
+    offset = x.storage_offset() + row * s_b + first * s_t
+    return x.as_strided((count, 1, length, x.shape[3]), (stride * s_t, 0, s_t, s_d), offset)
 
 
 def _band_head(
     qh: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor, sink: int, window: int, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One KV head group: qh [B, G, T, D], kh, vh [B, 1, T, D] -> (o [B, G, T, D], lse [B, G, T])."""
-    seqlen = qh.shape[2]
+    """One KV head group: qh [B, G, T, D], kh, vh [B, 1, T, D] -> (o [B, G, T, D], lse [B, G, T]).
+
+    Queries ``i < w + S`` (the prefix) see every earlier key: one causal call. The later ones see the sink and
+    their band, which are disjoint: the band runs as blocks of ``n`` queries stacked on the batch axis of one
+    masked call per row (keys through an overlapping strided view, `_blocks`), the sink as one unmasked call,
+    and the two are merged through their log-sum-exps.
+    """
+    bsz, g, seqlen, dim = qh.shape
     prefix = min(seqlen, window + sink)
-    o, lse = _attend(qh[:, :, :prefix], kh[:, :, :prefix], vh[:, :, :prefix], True, scale)
+    o_pre, lse_pre = _attend(qh[:, :, :prefix], kh[:, :, :prefix], vh[:, :, :prefix], True, scale)
     if prefix == seqlen:
-        return o, lse
-    outs, lses = [o], [lse]
-    block = min(window - 1, MAX_BLOCK)
-    mask = _band_mask(sink, window, block, qh.dtype, qh.device)
-    g = qh.shape[1]
-    for c0 in range(prefix, seqlen, block):
-        c1 = min(seqlen, c0 + block)
-        n = c1 - c0
-        left = c0 - window + 1
-        if sink > 0:
-            ks = torch.cat([kh[:, :, :sink], kh[:, :, left:c1]], dim=2)
-            vs = torch.cat([vh[:, :, :sink], vh[:, :, left:c1]], dim=2)
-        else:
-            ks, vs = kh[:, :, left:c1], vh[:, :, left:c1]
-        o_b, l_b = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            qh[:, :, c0:c1],
-            ks.expand(-1, g, -1, -1),
-            vs.expand(-1, g, -1, -1),
-            0.0,
-            False,
-            attn_mask=mask[:n, : sink + window - 1 + n],
-            scale=scale,
-        )
-        if o_b.dtype in (torch.float16, torch.bfloat16):
-            o_b = o_b.float()
-        outs.append(o_b)
-        lses.append(l_b)
-    return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
+        return o_pre, lse_pre
+    o = torch.empty(bsz, g, seqlen, dim, dtype=o_pre.dtype, device=qh.device)
+    lse = torch.empty(bsz, g, seqlen, dtype=lse_pre.dtype, device=qh.device)
+    o[:, :, :prefix], lse[:, :, :prefix] = o_pre, lse_pre
+    n = min(window, BLOCK)
+    count = (seqlen - prefix) // n
+    end = prefix + count * n
+    mask = _band_mask(window, n, qh.dtype, qh.device)
+    for row in range(bsz):
+        if count:
+            qb = qh[row, :, prefix:end].unflatten(1, (count, n)).transpose(0, 1)
+            kb = _blocks(kh, row, prefix - window + 1, count, n, window - 1 + n).expand(-1, g, -1, -1)
+            vb = _blocks(vh, row, prefix - window + 1, count, n, window - 1 + n).expand(-1, g, -1, -1)
+            o_b, l_b = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                qb, kb, vb, 0.0, False, attn_mask=mask, scale=scale
+            )
+            o[row, :, prefix:end] = o_b.transpose(0, 1).flatten(1, 2)
+            lse[row, :, prefix:end] = l_b.transpose(0, 1).flatten(1, 2)
+        if end < seqlen:
+            m = seqlen - end
+            keys = slice(end - window + 1, seqlen)
+            o_t, l_t = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                qh[row : row + 1, :, end:],
+                kh[row : row + 1, :, keys].expand(-1, g, -1, -1),
+                vh[row : row + 1, :, keys].expand(-1, g, -1, -1),
+                0.0,
+                False,
+                attn_mask=mask[:m, : window - 1 + m],
+                scale=scale,
+            )
+            o[row, :, end:], lse[row, :, end:] = o_t[0], l_t[0]
+    if sink > 0:
+        o_s, l_s = _attend(qh[:, :, prefix:], kh[:, :, :sink], vh[:, :, :sink], False, scale)
+        _merge_into(o[:, :, prefix:], lse[:, :, prefix:], o_s, l_s)
+    return o, lse
+
+
+def _merge_into(o: torch.Tensor, lse: torch.Tensor, o_2: torch.Tensor, lse_2: torch.Tensor) -> None:
+    """(o, lse) <- attention over the union of two disjoint key sets, in place; every lse is finite here."""
+    total = torch.logaddexp(lse, lse_2)
+    o.mul_(torch.exp(lse - total).unsqueeze(-1).to(o.dtype))
+    o.addcmul_(o_2, torch.exp(lse_2 - total).unsqueeze(-1).to(o.dtype))
+    lse.copy_(total)
 
 
 def blockwise_moa_prefill(
