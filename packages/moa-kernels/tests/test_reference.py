@@ -379,3 +379,42 @@ def test_blockwise_attend_cache_then_prefill_equals_one_prefill(sink, windows, t
     o, _ = merge_attention(o_c, lse_c.transpose(1, 2), o_n, lse_n.transpose(1, 2))
     whole, _ = dense_oracle_prefill(q, k, v, sink=sink, windows=w)
     torch.testing.assert_close(o, whole[:, t1:], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("sink", "windows", "t1", "t2"),
+    [
+        pytest.param(4, [30, 7, 0], 100, 50, id="wrapped-rings-long-chunk"),
+        pytest.param(4, [30, 70], 50, 10, id="short-chunk-partial-ring"),
+        pytest.param(0, [25, 3, 1], 60, 124, id="no-sink-tiny-windows"),
+        pytest.param(6, [200], 90, 33, id="ring-not-full-all-early"),
+        pytest.param(8, [40, 300, 96], 300, 260, id="stacked-blocks-and-tails"),
+        pytest.param(8, [40], 8, 90, id="seen-equals-sink"),
+    ],
+)
+def test_blockwise_continue_prefill_equals_one_prefill(sink, windows, t1, t2):
+    """A chunk after t1 cached tokens, cache and new keys in one pass: equals the dense-oracle prefill of the
+    whole sequence (fp64), and in fp32 within rounding; fewer cached tokens than the sink is refused."""
+    from moa_kernels import blockwise_continue_prefill
+
+    b, hq, h, d = 2, 2 * len(windows), len(windows), 8
+    q, k, v = _inputs(b, t1 + t2, hq, h, d, seed=11)
+    w = torch.tensor(windows)
+    whole, _ = dense_oracle_prefill(q, k, v, sink=sink, windows=w)
+    for dtype, atol in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
+        cache = RingCache.empty(b, d, sink=sink, windows=w, dtype=dtype)
+        cache.extend(k[:, :t1].to(dtype), v[:, :t1].to(dtype))
+        o = blockwise_continue_prefill(
+            q[:, t1:].to(dtype), k[:, t1:].to(dtype), v[:, t1:].to(dtype), cache.k, cache.v,
+            seg_start=cache.seg_start.tolist(), seen=t1, sink=sink, windows=windows,
+        )  # fmt: skip
+        assert o.dtype == dtype
+        torch.testing.assert_close(o.double(), whole[:, t1:], atol=atol, rtol=0)
+    cache = RingCache.empty(b, d, sink=sink, windows=w, dtype=q.dtype)
+    if sink:
+        cache.extend(k[:, : sink - 1], v[:, : sink - 1])
+        with pytest.raises(KernelInputError, match="seen >= sink"):
+            blockwise_continue_prefill(
+                q[:, :4], k[:, :4], v[:, :4], cache.k, cache.v, seg_start=cache.seg_start.tolist(),
+                seen=sink - 1, sink=sink, windows=windows,
+            )  # fmt: skip

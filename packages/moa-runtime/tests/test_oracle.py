@@ -209,6 +209,31 @@ def test_chunked_prefill_equals_oracle(chunk: int, greedy: dict) -> None:
     torch.testing.assert_close(step_logits(out), oracle[:, width - 1 :], atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("chunk", [5, 16])
+def test_unpadded_chunks_attend_cache_and_new_keys_in_one_pass(
+    chunk: int, greedy: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rows at the same position past the sink, no padding: each later chunk goes through
+    # blockwise_continue_prefill (ring + new keys at once), and the tokens still equal the oracle's.
+    import moa_runtime.cache as cache_mod
+
+    calls: list[int] = []
+    real = cache_mod.blockwise_continue_prefill
+    monkeypatch.setattr(cache_mod, "blockwise_continue_prefill", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    model = make_model("llama", kv_heads=2)
+    plan = mixed_plan(model)
+    ids, steps = torch.cat([_ids(1, 61, 30), _ids(1, 61, 31)]), 8
+    apply_plan(model, plan, prefill_chunk=chunk)
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=steps, **greedy)
+    oracle = oracle_logits(model, plan, 61 + steps, out.sequences[:, :-1])
+    # every chunk of more than one token (one token is a decode step) that starts past the sink, in each of
+    # the 2 layers; the others take the general path
+    later = [start for start in range(chunk, 61, chunk) if start >= plan.sink and min(61, start + chunk) - start > 1]
+    assert len(calls) == 2 * len(later) > 0
+    torch.testing.assert_close(step_logits(out), oracle[:, 60:], atol=ATOL, rtol=0)
+
+
 def test_prefill_chunk_is_used_and_can_be_turned_off(monkeypatch: pytest.MonkeyPatch, greedy: dict) -> None:
     from moa_runtime.cache import MoALayer
 

@@ -23,7 +23,14 @@ import numpy as np
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from moa_kernels import merge_attention, moa_attend_cache, moa_decode, moa_decode_equal, moa_prefill
+from moa_kernels import (
+    blockwise_continue_prefill,
+    merge_attention,
+    moa_attend_cache,
+    moa_decode,
+    moa_decode_equal,
+    moa_prefill,
+)
 from moa_plan import Plan
 from moa_runtime.errors import MoaRuntimeError
 from moa_runtime.positional import positional_attention
@@ -381,10 +388,24 @@ class MoALayer(CacheLayerMixin):
         self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: torch.Tensor, scale: float
     ) -> torch.Tensor:
         """New tokens (left padding ``start`` [B] or none) after cached ones, on the CPU (a chunked prefill,
-        a second turn): attention over the cache (`moa_attend_cache`) merged by lse with the prefill of
-        the new tokens (`moa_prefill` at offset ``seen``)."""
+        a second turn): when every row has seen the same tokens (at least the sink) and none is padded,
+        `blockwise_continue_prefill` over the ring and the new keys at once; else attention over the cache
+        (`moa_attend_cache`) merged by lse with the prefill of the new tokens (`moa_prefill` at offset ``seen``)."""
         q_t, k_t, v_t = query.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         keys, values = self._kv()
+        seen = self._seen_range
+        if (
+            self.implementation == "auto"
+            and query.device.type == "cpu"
+            and seen is not None
+            and seen[0] == seen[1] >= self.sink
+            and not bool(start.any())
+        ):
+            # Every row at the same position past the sink, no padding: cache and new keys in one pass.
+            return blockwise_continue_prefill(
+                q_t, k_t, v_t, keys, values, seg_start=self.seg_start_list, seen=seen[0], sink=self.sink,
+                windows=self.windows, scale=scale,
+            )  # fmt: skip
         o_c, lse_c = moa_attend_cache(
             q_t,
             keys,

@@ -6,14 +6,20 @@ import torch
 
 from moa_kernels._checks import check_implementation
 from moa_kernels._rows import by_rows
-from moa_kernels.ops.moa_attend_cache.blocks import blockwise_attend_cache
+from moa_kernels.ops.moa_attend_cache.blocks import blockwise_attend_cache, blockwise_continue_prefill
 from moa_kernels.ops.moa_attend_cache.reference import (
     check_attend_cache_inputs,
     reference_moa_attend_cache,
     slot_positions,
 )
 
-__all__ = ["moa_attend_cache", "blockwise_attend_cache", "reference_moa_attend_cache", "slot_positions"]
+__all__ = [
+    "moa_attend_cache",
+    "blockwise_attend_cache",
+    "blockwise_continue_prefill",
+    "reference_moa_attend_cache",
+    "slot_positions",
+]
 
 
 def moa_attend_cache(

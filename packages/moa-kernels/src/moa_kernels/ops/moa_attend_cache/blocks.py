@@ -13,16 +13,19 @@ new tokens see any ring key, and with ``f = max(w - 1 - T, 0)``
 
 The pieces are merged through their log-sum-exps, as in `moa_kernels.ops.moa_prefill.blocks`.
 The test oracle is `reference_moa_attend_cache`.
+
+`blockwise_continue_prefill` does the whole of such a chunk (ring and new keys) in one pass, when the rows have
+seen at least the sink; the runtime prefers it for chunked prefill.
 """
 
 from __future__ import annotations
 
 import torch
 
-from moa_kernels._checks import default_scale
-from moa_kernels.ops.moa_prefill.blocks import _attend, _merge
+from moa_kernels._checks import KernelInputError, default_scale
+from moa_kernels.ops.moa_prefill.blocks import _attend, _late_band, _merge, _merge_into
 
-__all__ = ["blockwise_attend_cache"]
+__all__ = ["blockwise_attend_cache", "blockwise_continue_prefill"]
 
 
 def _ring(seg: torch.Tensor, sink: int, window: int, first: int, last: int) -> torch.Tensor:
@@ -96,3 +99,78 @@ def blockwise_attend_cache(
             out[:, nq:, group] = o.transpose(1, 2).to(q.dtype)
             lse_out[:, group, nq:] = lse.to(lse_dtype)
     return out, lse_out
+
+
+def blockwise_continue_prefill(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    *,
+    seg_start: list[int],
+    seen: int,
+    sink: int,
+    windows: list[int],
+    scale: float | None = None,
+) -> torch.Tensor:
+    """New tokens after ``seen`` cached ones (a chunked prefill): attention over the cache and the new keys at once.
+
+    Every row has cached the same ``seen >= sink`` tokens and the new ones have no padding. For KV head h with
+    window ``w``, the ring's last ``R = min(w - 1, seen - sink)`` positions (in position order) and the new keys
+    form one contiguous band sequence, in which new token ``a`` sees the indices ``[R + a - w + 1, R + a]``
+    (clipped at 0). Its first ``w - R`` tokens see the whole sequence up to themselves (an unmasked call over the
+    ring part merged with a causal call over the new part); the later ones run as the stacked blocks of
+    `blockwise_moa_prefill`; the sink is one more call, merged through the log-sum-exps. It gives what
+    `blockwise_attend_cache` merged with `blockwise_moa_prefill` at offset ``seen`` gives, with fewer calls and
+    merges. The test oracle is the dense masked prefill of the whole sequence.
+
+    Args:
+        q: [B, T, HQ, D]; k, v: [B, T, H, D], the new tokens; k_cache, v_cache: [B, M, D] in the runtime's packed
+            ring layout.
+        seg_start, windows: H Python integers; seen: tokens already cached in every row (``>= sink``).
+        sink: S; scale: default ``1 / sqrt(D)``.
+
+    Returns:
+        o: [B, T, HQ, D] in q's dtype.
+    """
+    bsz, seqlen, hq, dim = q.shape
+    h = len(windows)
+    g = hq // h
+    if seen < sink:
+        raise KernelInputError(f"blockwise_continue_prefill needs seen >= sink, got seen {seen} < sink {sink}.")
+    sm_scale = default_scale(dim, scale)
+    out = torch.empty_like(q)
+    for head, (s0, w) in enumerate(zip(seg_start, windows, strict=True)):
+        group = slice(head * g, (head + 1) * g)
+        qh = q[:, :, group].transpose(1, 2)
+        seg_k, seg_v = k_cache[:, s0 : s0 + sink + max(w, 0)], v_cache[:, s0 : s0 + sink + max(w, 0)]
+        o: torch.Tensor | None = None
+        if w > 0:
+            ring = min(w - 1, seen - sink)
+            kb = torch.cat([_ring(seg_k, sink, w, seen - ring, seen), k[:, :, head]], dim=1).unsqueeze(1)
+            vb = torch.cat([_ring(seg_v, sink, w, seen - ring, seen), v[:, :, head]], dim=1).unsqueeze(1)
+            early = min(seqlen, w - ring)
+            new_k, new_v = kb[:, :, ring : ring + early], vb[:, :, ring : ring + early]
+            o_e, lse_e = _attend(qh[:, :, :early], new_k, new_v, True, sm_scale)
+            if ring > 0:
+                o_r, lse_r = _attend(qh[:, :, :early], kb[:, :, :ring], vb[:, :, :ring], False, sm_scale)
+                _merge_into(o_e, lse_e, o_r, lse_r)
+            if early == seqlen:
+                o, lse = o_e, lse_e
+            else:
+                o = torch.empty(bsz, g, seqlen, dim, dtype=o_e.dtype, device=q.device)
+                lse = torch.empty(bsz, g, seqlen, dtype=lse_e.dtype, device=q.device)
+                o[:, :, :early], lse[:, :, :early] = o_e, lse_e
+                _late_band(qh, kb, vb, w, early, ring, sm_scale, o, lse)
+        if sink > 0:
+            o_s, lse_s = _attend(qh, seg_k[:, :sink].unsqueeze(1), seg_v[:, :sink].unsqueeze(1), False, sm_scale)
+            if o is None:
+                o, lse = o_s, lse_s
+            else:
+                _merge_into(o, lse, o_s, lse_s)
+        if o is None:
+            out[:, :, group] = 0
+        else:
+            out[:, :, group] = o.transpose(1, 2).to(q.dtype)
+    return out

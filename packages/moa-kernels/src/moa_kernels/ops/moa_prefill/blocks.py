@@ -82,9 +82,8 @@ def _band_head(
     """One KV head group: qh [B, G, T, D], kh, vh [B, 1, T, D] -> (o [B, G, T, D], lse [B, G, T]).
 
     Queries ``i < w + S`` (the prefix) see every earlier key: one causal call. The later ones see the sink and
-    their band, which are disjoint: the band runs as blocks of ``n`` queries stacked on the batch axis of one
-    masked call per row (keys through an overlapping strided view, `_blocks`), the sink as one unmasked call,
-    and the two are merged through their log-sum-exps.
+    their band, which are disjoint: the band runs as `_late_band`, the sink as one unmasked call, and the two are
+    merged through their log-sum-exps.
     """
     bsz, g, seqlen, dim = qh.shape
     prefix = min(seqlen, window + sink)
@@ -94,23 +93,48 @@ def _band_head(
     o = torch.empty(bsz, g, seqlen, dim, dtype=o_pre.dtype, device=qh.device)
     lse = torch.empty(bsz, g, seqlen, dtype=lse_pre.dtype, device=qh.device)
     o[:, :, :prefix], lse[:, :, :prefix] = o_pre, lse_pre
+    _late_band(qh, kh, vh, window, prefix, 0, scale, o, lse)
+    if sink > 0:
+        o_s, l_s = _attend(qh[:, :, prefix:], kh[:, :, :sink], vh[:, :, :sink], False, scale)
+        _merge_into(o[:, :, prefix:], lse[:, :, prefix:], o_s, l_s)
+    return o, lse
+
+
+def _late_band(
+    qh: torch.Tensor,
+    kh: torch.Tensor,
+    vh: torch.Tensor,
+    window: int,
+    first: int,
+    shift: int,
+    scale: float,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+) -> None:
+    """Queries ``[first, T)`` of qh [B, G, T, D], query ``i`` seeing the keys ``[i + shift - w + 1, i + shift]``
+    of kh, vh [B, 1, L, D] (all of them inside): writes ``o[:, :, first:]`` and ``lse[:, :, first:]``.
+
+    Blocks of ``n = min(w, BLOCK)`` queries, stacked on the batch axis of one masked call per row, their keys an
+    overlapping strided view (`_blocks`); a shorter last block is one more call.
+    """
+    bsz, g, seqlen, _ = qh.shape
     n = min(window, BLOCK)
-    count = (seqlen - prefix) // n
-    end = prefix + count * n
+    count = (seqlen - first) // n
+    end = first + count * n
     mask = _band_mask(window, n, qh.dtype, qh.device)
     for row in range(bsz):
         if count:
-            qb = qh[row, :, prefix:end].unflatten(1, (count, n)).transpose(0, 1)
-            kb = _blocks(kh, row, prefix - window + 1, count, n, window - 1 + n).expand(-1, g, -1, -1)
-            vb = _blocks(vh, row, prefix - window + 1, count, n, window - 1 + n).expand(-1, g, -1, -1)
+            qb = qh[row, :, first:end].unflatten(1, (count, n)).transpose(0, 1)
+            kb = _blocks(kh, row, first + shift - window + 1, count, n, window - 1 + n).expand(-1, g, -1, -1)
+            vb = _blocks(vh, row, first + shift - window + 1, count, n, window - 1 + n).expand(-1, g, -1, -1)
             o_b, l_b = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
                 qb, kb, vb, 0.0, False, attn_mask=mask, scale=scale
             )
-            o[row, :, prefix:end] = o_b.transpose(0, 1).flatten(1, 2)
-            lse[row, :, prefix:end] = l_b.transpose(0, 1).flatten(1, 2)
+            o[row, :, first:end] = o_b.transpose(0, 1).flatten(1, 2)
+            lse[row, :, first:end] = l_b.transpose(0, 1).flatten(1, 2)
         if end < seqlen:
             m = seqlen - end
-            keys = slice(end - window + 1, seqlen)
+            keys = slice(end + shift - window + 1, seqlen + shift)
             o_t, l_t = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
                 qh[row : row + 1, :, end:],
                 kh[row : row + 1, :, keys].expand(-1, g, -1, -1),
@@ -121,10 +145,6 @@ def _band_head(
                 scale=scale,
             )
             o[row, :, end:], lse[row, :, end:] = o_t[0], l_t[0]
-    if sink > 0:
-        o_s, l_s = _attend(qh[:, :, prefix:], kh[:, :, :sink], vh[:, :, :sink], False, scale)
-        _merge_into(o[:, :, prefix:], lse[:, :, prefix:], o_s, l_s)
-    return o, lse
 
 
 def _merge_into(o: torch.Tensor, lse: torch.Tensor, o_2: torch.Tensor, lse_2: torch.Tensor) -> None:
