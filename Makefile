@@ -181,7 +181,7 @@ bench-smollm2: assets ## BENCHMARKS.md's SmolLM2 section: 8k x 8 decode vs the s
 		--methods dense,dense-static,uniform,moa --densities 0.5,0.25 $(SMOLLM2_PLANS) \
 		--prefill-rows 1 --prefill-chunk 0 --new-tokens 32 --out runs/bench-smollm2/2k4k
 
-bench-smollm2-packed: assets ## BENCHMARKS.md's headline: 8k x 8 decode (5 rounds) and 8k prefill (default chunking), every method with oneDNN-packed weights (~30 min)
+bench-smollm2-packed: assets ## BENCHMARKS.md's headline: 8k x 8 decode (5 rounds), 8k prefill (default chunking) and the largest batch in 8 GiB, every method with oneDNN-packed weights (~50 min)
 	$(BIN)/moa bench e2e --model models/smollm2-135m-instruct --lengths 8192 --batches 8 --methods dense-static,moa \
 		$(SMOLLM2_PLANS) --plan moa-prose-0.25=$(SMOLLM2_PLAN_DIR)/moa-gate64-prosegate-mix-1k2k-reference-0.25.json \
 		--prefill-rows 1 --prefill-chunk 0 --new-tokens 32 --rounds 5 --linear packed --out runs/bench-smollm2/8k-b8-packed
@@ -189,6 +189,8 @@ bench-smollm2-packed: assets ## BENCHMARKS.md's headline: 8k x 8 decode (5 round
 		--plan moa-0.25=$(SMOLLM2_PLAN_DIR)/moa-gate64-1k2k-reference-0.25.json \
 		--plan moa-prose-0.25=$(SMOLLM2_PLAN_DIR)/moa-gate64-prosegate-mix-1k2k-reference-0.25.json \
 		--new-tokens 8 --rounds 3 --linear packed --out runs/bench-smollm2/8k-prefill-packed
+	$(BIN)/moa bench e2e --model models/smollm2-135m-instruct --lengths 8192 --methods dense-static,moa \
+		$(SMOLLM2_PLANS) --max-batch-gib 8 --new-tokens 8 --linear packed --out runs/bench-smollm2/8k-maxbatch-packed
 
 bench: setup ## CPU benchmarks (e2e decode/prefill/memory, optimizer search, profiling cost) into runs/bench
 	$(BIN)/moa bench e2e --out runs/bench
