@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from moa_kernels._checks import KernelInputError, default_scale
-from moa_kernels.ops.moa_prefill.blocks import _attend, _late_band, _merge, _merge_into
+from moa_kernels.ops.moa_prefill.blocks import _attend, _late_band, _merge_into
 
 __all__ = ["blockwise_attend_cache", "blockwise_continue_prefill"]
 
@@ -90,7 +90,9 @@ def blockwise_attend_cache(
                 vt = _ring(vseg, sink, w, seen - ring_len, seen - f).flip((1,)).unsqueeze(1)
                 o_t, l_t = _attend(q_ring.flip(flip), kt, vt, True, sm_scale)
                 parts.append((o_t.flip(flip), l_t.flip(flip)))
-            o, lse = _merge(parts) if len(parts) > 1 else parts[0]
+            o, lse = parts[0]
+            for o_i, lse_i in parts[1:]:
+                _merge_into(o, lse, o_i, lse_i)
             out[:, :nq, group] = o.transpose(1, 2).to(q.dtype)
             lse_out[:, group, :nq] = lse.to(lse_dtype)
         if nq < seqlen and n_sink > 0:

@@ -46,15 +46,6 @@ def _attend(
     return o, lse
 
 
-def _merge(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention over the union of disjoint key sets from each set's (o, lse); every lse is finite here."""
-    lse = torch.logsumexp(torch.stack([lse for _, lse in parts]), dim=0)
-    o = parts[0][0] * torch.exp(parts[0][1] - lse).unsqueeze(-1).to(parts[0][0].dtype)
-    for o_i, lse_i in parts[1:]:
-        o = o.addcmul_(o_i, torch.exp(lse_i - lse).unsqueeze(-1).to(o_i.dtype))
-    return o, lse
-
-
 def _band_mask(window: int, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Additive mask [n, window - 1 + n] of a query block over its band's keys.
 
