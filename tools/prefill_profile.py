@@ -19,14 +19,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--plan", help="a plan file (default: dense SDPA with a static cache)")
     parser.add_argument("--chunk", type=int, default=0, help="prefill chunk in tokens (0: one pass)")
     parser.add_argument("--rows", type=int, default=14, help="operators to print")
-    parser.add_argument("--linear", choices=("torch", "left", "packed"), default="torch", help="as `moa bench e2e`")
+    parser.add_argument("--linear", default="torch", help="torch, left or packed, as `moa bench e2e --linear`")
     args = parser.parse_args(argv)
 
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from moa.bench.e2e import Case, _load_model, _new_cache, _plan_for, _prefill
-    from moa_runtime import apply_plan, left_operand_linears, packed_linears
+    from moa.bench.e2e import LINEARS, Case, _load_model, _new_cache, _plan_for, _prefill
+    from moa_runtime import apply_plan
 
     torch.set_num_threads(1)
     case = Case(
@@ -37,11 +37,10 @@ def main(argv: list[str]) -> int:
         batch=1,
         linear=args.linear,
     )
-    model, config = _load_model(case)
-    if args.linear == "left":
-        left_operand_linears(model)
-    elif args.linear == "packed":
-        packed_linears(model, rows_hint=1)
+    if args.linear not in LINEARS:
+        print(f"error: --linear must be one of {', '.join(LINEARS)}, got {args.linear!r}.")
+        return 2
+    model, config = _load_model(case)  # routes the linears as the benchmark does
     plan = _plan_for(case, config) if args.plan else None
     if plan is not None:
         apply_plan(model, plan)

@@ -309,8 +309,10 @@ def test_blockwise_prefill_matches_dense_oracle(b, t, hq, h, sink, windows, offs
         ref_o, ref_lse = dense_oracle_prefill(q, k, v, sink=sink, windows=torch.tensor(windows))
     torch.testing.assert_close(o, ref_o, atol=1e-12, rtol=0)
     _assert_lse_close(lse, ref_lse, 1e-12)
-    o32 = moa_prefill(q.float(), k.float(), v.float(), sink=sink, windows=torch.tensor(windows), offset=off)
-    torch.testing.assert_close(o32.double(), ref_o, atol=2e-5, rtol=0)
+    for dtype, atol in ((torch.float32, 2e-5), (torch.float16, 5e-3), (torch.bfloat16, 4e-2)):
+        low = moa_prefill(q.to(dtype), k.to(dtype), v.to(dtype), sink=sink, windows=torch.tensor(windows), offset=off)
+        assert low.dtype == dtype
+        torch.testing.assert_close(low.double(), ref_o, atol=atol, rtol=0)
 
 
 def test_blockwise_prefill_serves_padded_rows_row_by_row(monkeypatch):
@@ -394,14 +396,14 @@ def test_blockwise_attend_cache_then_prefill_equals_one_prefill(sink, windows, t
 )
 def test_blockwise_continue_prefill_equals_one_prefill(sink, windows, t1, t2):
     """A chunk after t1 cached tokens, cache and new keys in one pass: equals the dense-oracle prefill of the
-    whole sequence (fp64), and in fp32 within rounding; fewer cached tokens than the sink is refused."""
+    whole sequence (fp64), and in fp32, fp16 and bf16 within rounding; fewer cached tokens than the sink is refused."""
     from moa_kernels import blockwise_continue_prefill
 
     b, hq, h, d = 2, 2 * len(windows), len(windows), 8
     q, k, v = _inputs(b, t1 + t2, hq, h, d, seed=11)
     w = torch.tensor(windows)
     whole, _ = dense_oracle_prefill(q, k, v, sink=sink, windows=w)
-    for dtype, atol in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
+    for dtype, atol in ((torch.float64, 1e-12), (torch.float32, 2e-5), (torch.float16, 5e-3), (torch.bfloat16, 4e-2)):
         cache = RingCache.empty(b, d, sink=sink, windows=w, dtype=dtype)
         cache.extend(k[:, :t1].to(dtype), v[:, :t1].to(dtype))
         o = blockwise_continue_prefill(

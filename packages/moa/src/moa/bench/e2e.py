@@ -120,6 +120,7 @@ def _load_model(case: Case) -> tuple[Any, Any]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from moa_runtime import left_operand_linears, packed_linears
     from moa_runtime.loading import load_model
 
     torch.manual_seed(0)
@@ -132,6 +133,10 @@ def _load_model(case: Case) -> tuple[Any, Any]:
         # A model directory or a .gguf file (dequantized to fp32 by the loader).
         model = load_model(case.model, attn_implementation="sdpa").to(dtype)
         config = model.config
+    if case.linear == "left":
+        left_operand_linears(model)
+    elif case.linear == "packed":
+        packed_linears(model, rows_hint=case.batch)
     return model.eval(), config
 
 
@@ -242,7 +247,7 @@ def run_case(case: Case, bandwidth: float) -> dict[str, Any]:
     import torch
 
     from moa_profiler.memory import peak_rss_mib
-    from moa_runtime import apply_plan, left_operand_linears, packed_linears
+    from moa_runtime import apply_plan
     from moa_runtime.attention import PREFILL_CHUNK
 
     if case.method not in METHODS:
@@ -253,10 +258,6 @@ def run_case(case: Case, bandwidth: float) -> dict[str, Any]:
     if case.linear not in LINEARS:
         raise ValueError(f"unknown linear {case.linear!r}; expected one of {', '.join(LINEARS)}.")
     model, config = _load_model(case)
-    if case.linear == "left":
-        left_operand_linears(model)
-    elif case.linear == "packed":
-        packed_linears(model, rows_hint=case.batch)
     plan = None
     if case.method in ("uniform", "moa"):
         plan = _plan_for(case, config)

@@ -14,7 +14,7 @@ is cut into pieces whose wasted scores are few. With window ``w`` and sink ``S``
   kernel returns beside the output (``aten::_scaled_dot_product_flash_attention_for_cpu``).
 
 A block computes ``n x (w - 1 + n)`` scores for ``n x w`` useful ones, and the kernel's query tile is 32 rows below
-192 query rows, so small blocks waste little. Two earlier versions were slower on the CPUs of BENCHMARKS.md: three
+192 query rows (``flash_attention_kernel_impl`` in PyTorch's ``FlashAttentionKernel.cpp``), so small blocks waste little. Two earlier versions were slower on the CPUs of BENCHMARKS.md: three
 mask-free calls per 128-query block (causal, reversed causal, unmasked) merged by log-sum-exp, and then one masked
 call per 128-query block with the sink concatenated to each block's keys. Heads with a window below
 ``MIN_WINDOW`` or none go through the masked reference. The test oracle is `reference_moa_prefill` (and through
