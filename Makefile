@@ -128,6 +128,12 @@ GATES := plans/smollm2-135m-instruct/gates-64-reference
 # `gates-continue-16-*.json`; training them took 51 min at 1024 on one thread and about 42 min at 2048, its last 90 steps on two), shaped by their influence
 # (`--mix-shape-by`), mixed in at weight 0.5: `moa-prosegate-mix-0.25/plan_00.json` =
 # `moa-gate64-prosegate-mix-1k2k-reference-0.25.json` (nineteenth session).
+# Last (twenty-second session), the same recipe with a smaller minimum cut, sink 16 + one 32-token block: gates retrained
+# to that cut (`gates-*-s16b32-*.json`: recall 240 steps at 1024 and 120 at 2048, prose as before; 44 + 64 min each on
+# one thread), influence at that sink and block, and a grid with fixed 48-128-token rules (the EXPERIMENT_GRID cannot go
+# below N/8 at 1024: its rule (0, 0) is invalid); prose weight 2, chosen on calibration-essay perplexity (RESULTS.md):
+# `s16b32/moa-prosegate-mix-0.25/plan_00.json` = `moa-gate64-prosegate-s16b32-1k2k-reference-0.25.json`, `-0.125` likewise.
+S16B32_GRID := --extend 8x --alphas 0,48,64,96,128 --betas 0,0.125,0.25,0.375,0.5,0.625,0.75,0.875,1 --threads 1
 plans-smollm2: assets ## The committed SmolLM2 gate plans (MoA, per-layer, DuoAttention-style, MoA + prose at 50% and 25%) from the committed gates (~25 min, estimated)
 	for n in 1024 2048; do \
 		$(BIN)/moa calibrate $(EXPERIMENT_CALIB) --lengths $$n --num-samples 4 \
@@ -164,6 +170,24 @@ plans-smollm2: assets ## The committed SmolLM2 gate plans (MoA, per-layer, DuoAt
 		--mix-shape-by $(PLANS_OUT)/cont-1024/influence/profile-1024.safetensors \
 		--mix-shape-by $(PLANS_OUT)/cont-2048/influence/profile-2048.safetensors --mix-weight 0.5 --density 0.25 \
 		$(EXPERIMENT_GRID) --out $(PLANS_OUT)/moa-prosegate-mix-0.25
+	set -e; S="--sink 16 --block 32"; O=$(PLANS_OUT)/s16b32; M=models/smollm2-135m-instruct; \
+	for ns in 1024:240 2048:120; do n=$${ns%:*}; k=$${ns#*:}; \
+		$(BIN)/moa profile $(PLANS_OUT)/ref16-$$n/calibration.parquet --model $$M --quiet --statistic influence $$S \
+			--out $$O/ref16-$$n/influence; \
+		$(BIN)/moa profile $(PLANS_OUT)/cont-$$n/calibration.parquet --model $$M --quiet --statistic influence $$S \
+			--out $$O/cont-$$n/influence; \
+		$(BIN)/moa profile $(PLANS_OUT)/ref64-$$n/calibration.parquet --model $$M --quiet --statistic gate $$S \
+			--gate-steps $$k --gate-lr 0.025 --gate-penalty 0.5 --gate-from $(SMOL_PLANS)/gates-64-reference-s16b32-$$n.json \
+			--out $$O/ref64-$$n/gate; \
+		$(BIN)/moa profile $(PLANS_OUT)/cont-$$n/calibration.parquet --model $$M --quiet --statistic gate $$S \
+			--gate-steps $$k --gate-lr 0.025 --gate-penalty 0.05 --gate-from $(SMOL_PLANS)/gates-continue-16-s16b32-$$n.json \
+			--out $$O/cont-$$n/gate; done; \
+	for d in 0.25 0.125; do $(BIN)/moa optimize \
+		--profiles $$O/ref64-1024/gate/profile-1024.safetensors $$O/ref64-2048/gate/profile-2048.safetensors \
+		--shape-by $$O/ref16-1024/influence/profile-1024.safetensors --shape-by $$O/ref16-2048/influence/profile-2048.safetensors \
+		--mix $$O/cont-1024/gate/profile-1024.safetensors --mix $$O/cont-2048/gate/profile-2048.safetensors \
+		--mix-shape-by $$O/cont-1024/influence/profile-1024.safetensors --mix-shape-by $$O/cont-2048/influence/profile-2048.safetensors \
+		--mix-weight 2 --density $$d $(S16B32_GRID) --out $$O/moa-prosegate-mix-$$d; done
 
 SMOLLM2_PLAN_DIR := plans/smollm2-135m-instruct
 SMOLLM2_PLANS := --plan moa-0.5=$(SMOLLM2_PLAN_DIR)/moa-gate64-1k2k-reference-0.5.json \
