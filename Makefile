@@ -134,7 +134,7 @@ GATES := plans/smollm2-135m-instruct/gates-64-reference
 # below N/8 at 1024: its rule (0, 0) is invalid); prose weight 2, chosen on calibration-essay perplexity (RESULTS.md):
 # `s16b32/moa-prosegate-mix-0.25/plan_00.json` = `moa-gate64-prosegate-s16b32-1k2k-reference-0.25.json`, `-0.125` likewise.
 S16B32_GRID := --extend 8x --alphas 0,48,64,96,128 --betas 0,0.125,0.25,0.375,0.5,0.625,0.75,0.875,1 --threads 1
-plans-smollm2: assets ## The committed SmolLM2 gate plans (MoA, per-layer, DuoAttention-style, MoA + prose at 50% and 25%) from the committed gates (~25 min, estimated)
+plans-smollm2: assets ## The committed SmolLM2 gate plans (MoA, per-layer, DuoAttention-style, MoA + prose at 50% and 25%; the sink 16 + block 32 plans at 25% and 12.5%) from the committed gates (~50 min, estimated)
 	for n in 1024 2048; do \
 		$(BIN)/moa calibrate $(EXPERIMENT_CALIB) --lengths $$n --num-samples 4 \
 			--out $(PLANS_OUT)/ref16-$$n/calibration.parquet && \
