@@ -129,7 +129,7 @@ GATES := plans/smollm2-135m-instruct/gates-64-reference
 # (`--mix-shape-by`), mixed in at weight 0.5: `moa-prosegate-mix-0.25/plan_00.json` =
 # `moa-gate64-prosegate-mix-1k2k-reference-0.25.json` (nineteenth session).
 # Last (twenty-second session), the same recipe with a smaller minimum cut, sink 16 + one 32-token block: gates retrained
-# to that cut (`gates-*-s16b32-*.json`: recall 240 steps at 1024 and 120 at 2048, prose as before; 44 + 64 min each on
+# to that cut (`gates-*-s16b32-*.json`: recall 240 steps at 1024 and 120 at 2048, prose as before; 43 + 63 min each on
 # one thread), influence at that sink and block, and a grid with fixed 48-128-token rules (the EXPERIMENT_GRID cannot go
 # below N/8 at 1024: its rule (0, 0) is invalid); prose weight 2, chosen on calibration-essay perplexity (RESULTS.md):
 # `s16b32/moa-prosegate-mix-0.25/plan_00.json` = `moa-gate64-prosegate-s16b32-1k2k-reference-0.25.json`, `-0.125` likewise.
