@@ -133,8 +133,11 @@ GATES := plans/smollm2-135m-instruct/gates-64-reference
 # one thread), influence at that sink and block, and a grid with fixed 48-128-token rules (the EXPERIMENT_GRID cannot go
 # below N/8 at 1024: its rule (0, 0) is invalid); prose weight 2, chosen on calibration-essay perplexity (RESULTS.md):
 # `s16b32/moa-prosegate-mix-0.25/plan_00.json` = `moa-gate64-prosegate-s16b32-1k2k-reference-0.25.json`, `-0.125` likewise.
+# Then (twenty-third session) the choice on both objectives: the Pareto fronts of prose weights 1 and 2, validated on
+# recall prompts at 3072 (calibration essays, seed 5) under a perplexity guard (+1.8% on 8 calibration essays at 2048):
+# `s16b32/guarded-0.25/plan.json` = `moa-gate64-prosegate-s16b32-guarded-1k2k-reference-0.25.json` (weight 1, plan_01).
 S16B32_GRID := --extend 8x --alphas 0,48,64,96,128 --betas 0,0.125,0.25,0.375,0.5,0.625,0.75,0.875,1 --threads 1
-plans-smollm2: assets ## The committed SmolLM2 gate plans (MoA, per-layer, DuoAttention-style, MoA + prose at 50% and 25%; the sink 16 + block 32 plans at 25% and 12.5%) from the committed gates (~50 min, estimated)
+plans-smollm2: assets ## The committed SmolLM2 gate plans (MoA, per-layer, DuoAttention-style, MoA + prose at 50% and 25%; the sink 16 + block 32 plans at 25% and 12.5%, and the guarded 25% choice) from the committed gates (~1 h 50 min, estimated)
 	for n in 1024 2048; do \
 		$(BIN)/moa calibrate $(EXPERIMENT_CALIB) --lengths $$n --num-samples 4 \
 			--out $(PLANS_OUT)/ref16-$$n/calibration.parquet && \
@@ -187,7 +190,16 @@ plans-smollm2: assets ## The committed SmolLM2 gate plans (MoA, per-layer, DuoAt
 		--shape-by $$O/ref16-1024/influence/profile-1024.safetensors --shape-by $$O/ref16-2048/influence/profile-2048.safetensors \
 		--mix $$O/cont-1024/gate/profile-1024.safetensors --mix $$O/cont-2048/gate/profile-2048.safetensors \
 		--mix-shape-by $$O/cont-1024/influence/profile-1024.safetensors --mix-shape-by $$O/cont-2048/influence/profile-2048.safetensors \
-		--mix-weight 2 --density $$d $(S16B32_GRID) --out $$O/moa-prosegate-mix-$$d; done
+		--mix-weight 2 --density $$d $(S16B32_GRID) --out $$O/moa-prosegate-mix-$$d; done; \
+	$(BIN)/moa optimize \
+		--profiles $$O/ref64-1024/gate/profile-1024.safetensors $$O/ref64-2048/gate/profile-2048.safetensors \
+		--shape-by $$O/ref16-1024/influence/profile-1024.safetensors --shape-by $$O/ref16-2048/influence/profile-2048.safetensors \
+		--mix $$O/cont-1024/gate/profile-1024.safetensors --mix $$O/cont-2048/gate/profile-2048.safetensors \
+		--mix-shape-by $$O/cont-1024/influence/profile-1024.safetensors --mix-shape-by $$O/cont-2048/influence/profile-2048.safetensors \
+		--mix-weight 1 --density 0.25 $(S16B32_GRID) --out $$O/moa-prosegate-w1-0.25; \
+	$(BIN)/moa calibrate $(EXPERIMENT_CALIB) --seed 5 --lengths 3072 --num-samples 4 --out $$O/recall-3072.parquet; \
+	$(BIN)/moa validate --model $$M --plans $$O/moa-prosegate-w1-0.25 --plans $$O/moa-prosegate-mix-0.25 \
+		--data $$O/recall-3072.parquet --max-ppl-increase 1.8 --ppl-lengths 2048 --ppl-samples 8 --out $$O/guarded-0.25
 
 SMOLLM2_PLAN_DIR := plans/smollm2-135m-instruct
 SMOLLM2_PLANS := --plan moa-0.5=$(SMOLLM2_PLAN_DIR)/moa-gate64-1k2k-reference-0.5.json \

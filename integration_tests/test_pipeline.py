@@ -86,6 +86,33 @@ def test_an_evaluation_only_change_reruns_only_the_evaluation(  # type: ignore[n
     assert (out / "d0.5" / "plan.json").read_bytes() == before
 
 
+def test_a_perplexity_guard_reruns_the_validation_only(  # type: ignore[no-untyped-def]
+    compressed: Path, reference_model: Path, tmp_path: Path, moa_cli
+) -> None:
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(compressed, out)
+    before = (out / "d0.5" / "plan.json").read_bytes()
+    # A bound no plan reaches: the guard measures every plan on calibration essays and changes no choice.
+    proc = moa_cli("compress", "--model", reference_model, *COMPRESS, "--out", out, "--max-ppl-increase", "1e9")
+    assert proc.stderr.count("up to date, skipped") == 4, proc.stderr
+    assert "perplexity guard: dense" in proc.stderr
+    table = (out / "d0.5" / "validation.md").read_text()
+    assert "| plan | loss | ppl_increase | feasible |" in table
+    rows = pl.read_parquet(out / "d0.5" / "validation.parquet")
+    assert rows["feasible"].all() and rows["ppl_increase"].is_finite().all()
+    assert (out / "d0.5" / "plan.json").read_bytes() == before
+    # Without essays the guard fails before any stage runs, in one sentence.
+    env = {**os.environ, "MOA_CACHE_DIR": str(tmp_path / "empty")}
+    bad = subprocess.run([sys.executable, "-m", "moa_plan.cli", "compress", "--model", str(reference_model),
+                          *COMPRESS, "--out", str(tmp_path / "o"), "--max-ppl-increase", "2"],
+                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    last = bad.stderr.strip().splitlines()[-1]
+    assert bad.returncode == 2 and "the Paul Graham essays are not in" in last, bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "o" / "manifest.json").exists()
+
+
 def test_generate_with_the_plan(compressed: Path, reference_model: Path, moa_cli) -> None:  # type: ignore[no-untyped-def]
     moa = moa_cli
     proc = moa("generate", "--model", reference_model, "--plan", compressed / "d0.5" / "plan.json",

@@ -203,7 +203,7 @@ def ppl(
     import math
 
     from moa.bench.report import markdown_table, write_parquet
-    from moa.evaluate import answer_loss, essay_perplexity, load_model, parse_plan_specs, using_plan
+    from moa.evaluate import answer_loss, essay_perplexity, essay_texts, load_model, parse_plan_specs, using_plan
 
     if (data is None) == (essays_path is None):
         raise click.UsageError("give exactly one of --data PARQUET and --essays [DIR]")
@@ -215,16 +215,7 @@ def ppl(
     model, tokenizer = load_model(model_path)
     specs = parse_plan_specs(plans, ModelFingerprint.from_config(model.config))
     if essays is not None:
-        from moa_plan.tasks import essay_ppl_texts
-
-        def count(text: str) -> int:
-            return len(tokenizer(text, add_special_tokens=False).input_ids)
-
-        # The tokenizer's own special tokens (a BOS) count towards the length.
-        overhead = len(tokenizer("a").input_ids) - count("a")
-        texts = {
-            n: essay_ppl_texts(samples, n, count, seed, essays=essays, overhead=overhead, side=side) for n in lengths
-        }
+        texts = essay_texts(tokenizer, essays, lengths, samples, seed=seed, side=side)
         rows = essay_perplexity(model, tokenizer, specs, texts, progress=_echo_err)
         columns = ["plan", "length", "loss", "ppl", "samples", "tokens", "kv_density"]
     else:
@@ -313,27 +304,76 @@ def task(
 )
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Validation set (calibration Parquet).")
 @click.option("--max-samples", type=click.IntRange(min=1))
+@click.option(
+    "--max-ppl-increase",
+    type=click.FloatRange(min=0),
+    help="Perplexity guard: only plans within this many percent of dense perplexity on calibration essays may win "
+    "(the lowest answer loss under a perplexity bound).",
+)
+@click.option(
+    "--ppl-essays",
+    "ppl_essays",
+    type=click.Path(path_type=Path),
+    help="Guard essays: a directory of *.txt whose calibration side is read (default: the assets cache).",
+)
+@click.option("--ppl-lengths", type=LengthList(), help="Guard text lengths (default: the validation set's).")
+@click.option("--ppl-samples", type=click.IntRange(min=1), default=8, show_default=True, help="Guard texts per length.")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @click.option("--json", "as_json", is_flag=True)
 def validate(
-    model_path: Path, plan_paths: tuple[Path, ...], data: Path, max_samples: int | None, out: Path, as_json: bool
+    model_path: Path,
+    plan_paths: tuple[Path, ...],
+    data: Path,
+    max_samples: int | None,
+    max_ppl_increase: float | None,
+    ppl_essays: Path | None,
+    ppl_lengths: list[int] | None,
+    ppl_samples: int,
+    out: Path,
+    as_json: bool,
 ) -> None:
-    """Pick the plan with the lowest answer-token loss at an unseen length; write OUT/plan.json."""
+    """Pick the plan with the lowest answer-token loss at an unseen length; write OUT/plan.json.
+
+    With --max-ppl-increase, only among the plans whose perplexity on calibration essays stays within that bound.
+    """
     from moa.bench.report import markdown_table, write_parquet
-    from moa.evaluate import load_model
+    from moa.evaluate import essay_texts, load_model
     from moa.validate import collect_plans, validate_plans
 
+    if max_ppl_increase is None and (ppl_essays is not None or ppl_lengths):
+        raise click.UsageError("--ppl-essays and --ppl-lengths need --max-ppl-increase")
     plans = collect_plans(list(plan_paths))
-    model, _ = load_model(model_path)
-    rows = validate_plans(model, plans, data, out, max_samples=max_samples, progress=_echo_err)
+    essays = None
+    if max_ppl_increase is not None:
+        from moa_plan.assets import read_essays
+        from moa_profiler import read_calibration
+
+        essays = read_essays(ppl_essays)
+        ppl_lengths = ppl_lengths or sorted({s.bucket for s in read_calibration(data).samples})
+    model, tokenizer = load_model(model_path)
+    texts = None
+    if essays is not None:
+        texts = essay_texts(tokenizer, essays, ppl_lengths or [], ppl_samples, side="calibration")
+    rows = validate_plans(
+        model,
+        plans,
+        data,
+        out,
+        max_samples=max_samples,
+        tokenizer=tokenizer,
+        guard_texts=texts,
+        max_ppl_increase=max_ppl_increase,
+        progress=_echo_err,
+    )
     write_parquet(rows, out / "validation.parquet")
-    table = markdown_table(rows, ["plan", "loss", "density_at_length", "length", "samples", "best"])
+    guard = ["ppl_increase", "feasible"] if texts is not None else []
+    table = markdown_table(rows, ["plan", "loss", *guard, "density_at_length", "length", "samples", "best"])
     atomic_write_text(out / "validation.md", table)
     if as_json:
         click.echo(json.dumps(rows))
         return
     click.echo(table)
-    click.echo(f"wrote {out / 'plan.json'} (from {rows[0]['plan']})")
+    click.echo(f"wrote {out / 'plan.json'} (from {next(r['plan'] for r in rows if r['best'])})")
 
 
 @click.command("compress")
@@ -442,6 +482,12 @@ def validate(
     help="Last L1 penalty of the --mix-statistic gate training, nats per open KV head (prose moves by hundredths).",
 )
 @click.option(
+    "--max-ppl-increase",
+    type=click.FloatRange(min=0.0),
+    help="Perplexity guard of the validation: only plans within this many percent of dense perplexity on "
+    "calibration essays at the validation length may win (the lowest answer loss under a perplexity bound).",
+)
+@click.option(
     "--layer-baseline/--no-layer-baseline",
     default=True,
     show_default=True,
@@ -490,6 +536,7 @@ def compress(
     mix_weight: float,
     mix_statistic: str,
     mix_gate_penalty: float,
+    max_ppl_increase: float | None,
     out: Path,
 ) -> None:
     """calibrate -> profile -> optimize -> validate (-> evaluate) in one resumable command."""
@@ -537,6 +584,7 @@ def compress(
         mix_weight=mix_weight,
         mix_statistic=mix_statistic,
         mix_gate_penalty=mix_gate_penalty,
+        max_ppl_increase=max_ppl_increase,
         out=out,
     )
     result: dict[str, Any] = run_compress(settings, echo=_echo_err)

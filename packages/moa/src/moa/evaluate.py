@@ -26,6 +26,7 @@ __all__ = [
     "effective_context",
     "effective_context_table",
     "essay_perplexity",
+    "essay_texts",
     "load_model",
     "parse_plan_specs",
     "retrieval_eval",
@@ -579,6 +580,30 @@ def _text_loss(model: Any, ids: Any, chunk: int = 1024) -> float:
             target = ids[0, start + 1 : start + 1 + chunk]
             total += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
     return total
+
+
+def essay_texts(
+    tokenizer: Any,
+    essays: Mapping[str, str],
+    lengths: Sequence[int],
+    samples: int,
+    *,
+    seed: int = 1234,
+    side: str = "evaluation",
+) -> dict[int, list[str]]:
+    """``{length: texts}`` of whole essays cut to each length in the tokenizer's tokens (its BOS counted).
+
+    ``essays`` is `moa_plan.assets.read_essays` (read it before loading a model: a missing cache then fails
+    first); ``side="calibration"`` takes the calibration essays (to choose by), ``"evaluation"`` the held-out
+    ones (to report).
+    """
+    from moa_plan.tasks import essay_ppl_texts
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+    overhead = len(tokenizer("a").input_ids) - count("a")
+    return {n: essay_ppl_texts(samples, n, count, seed, essays=essays, overhead=overhead, side=side) for n in lengths}
 
 
 def essay_perplexity(

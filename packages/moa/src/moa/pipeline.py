@@ -88,6 +88,9 @@ class CompressSettings:
     # nats), then shaped by its own influence (`moa optimize --mix-shape-by`).
     mix_statistic: str = "influence"
     mix_gate_penalty: float = 0.05
+    # Perplexity guard of the validation: only plans within this many percent of dense perplexity on
+    # ``validation_samples`` calibration essays cut to the validation length may win (None: no guard).
+    max_ppl_increase: float | None = None
 
     @property
     def val_length(self) -> int:
@@ -201,6 +204,11 @@ def _check_inputs(s: CompressSettings) -> None:
             f"calibration task {clash[0]!r} is also an evaluation task; calibrate on another family "
             f"(e.g. rewrite) so the report does not grade plans on their own calibration data"
         )
+    if s.max_ppl_increase is not None:
+        from moa_plan.assets import read_essays
+
+        # The guard reads the calibration essays at the validate stage: fail now, not after the profile.
+        read_essays()
 
 
 # The settings each stage's result depends on (its input files are hashed besides, so a new calibration
@@ -222,7 +230,9 @@ _STAGE_SETTINGS = {
         "densities", "lengths", "extend", "optimizer", "time_limit", "sink", "block", "layer_baseline",
         "duo_baseline", "grid_resolution", "shape", "mix_task", "mix_weight", "mix_statistic",
     ),
-    "validate": ("model", "densities", "layer_baseline", "duo_baseline"),
+    "validate": (
+        "model", "densities", "layer_baseline", "duo_baseline", "max_ppl_increase", "val_length", "validation_samples",
+    ),
     "evaluate": ("model", "densities", "layer_baseline", "duo_baseline", "eval_lengths", "eval_samples", "eval_tasks"),
 }  # fmt: skip
 
@@ -345,21 +355,28 @@ class _Compress:
 
         def run() -> dict[str, Any]:
             from moa.bench.report import markdown_table, write_parquet
-            from moa.evaluate import load_model
+            from moa.evaluate import essay_texts, load_model
             from moa.validate import collect_plans, validate_plans
 
-            model, _ = load_model(s.model)
+            model, tokenizer = load_model(s.model)
+            texts = None
+            if s.max_ppl_increase is not None:
+                from moa_plan.assets import read_essays
+
+                texts = essay_texts(tokenizer, read_essays(), [s.val_length], s.validation_samples, side="calibration")
+            guard = ["ppl_increase", "feasible"] if texts is not None else []
             result = {}
             for d in s.densities:
                 for variant in self.names:
                     where = self.plan_dir(d, variant)
                     rows = validate_plans(
-                        model, collect_plans([where / "plans"]), self.valdata, where, progress=self.echo
-                    )
+                        model, collect_plans([where / "plans"]), self.valdata, where, tokenizer=tokenizer,
+                        guard_texts=texts, max_ppl_increase=s.max_ppl_increase, progress=self.echo,
+                    )  # fmt: skip
                     write_parquet(rows, where / "validation.parquet")
-                    columns = ["plan", "loss", "density_at_length", "length", "samples", "best"]
+                    columns = ["plan", "loss", *guard, "density_at_length", "length", "samples", "best"]
                     atomic_write_text(where / "validation.md", markdown_table(rows, columns))
-                    result["/".join(filter(None, (_tag(d), variant)))] = rows[0]["plan"]
+                    result["/".join(filter(None, (_tag(d), variant)))] = next(r["plan"] for r in rows if r["best"])
             return result
 
         plan_inputs = [self.plan_dir(d, v) / "plans" for d in s.densities for v in self.names]

@@ -1,5 +1,9 @@
 """Validation: the answer-token loss of each Pareto plan at an unseen length; the lowest wins.
 
+With a perplexity guard (``guard_texts`` and ``max_ppl_increase``) only the plans whose perplexity on
+those texts (calibration essays: never the evaluation ones) stays within ``max_ppl_increase`` percent
+of dense may win: the lowest answer loss under a perplexity bound, two objectives in one choice.
+
 Resumable per plan: each plan's result is stored under ``OUT/validation/`` keyed by the digest of
 the plan file, the validation data and the settings, and reused on a rerun.
 """
@@ -7,11 +11,13 @@ the plan file, the validation data and the settings, and reused on a rerun.
 from __future__ import annotations
 
 import json
+import math
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from moa.evaluate import PlanSpec
 from moa.manifest import file_digest, inputs_digest
 from moa_plan import MoaError, ModelFingerprint, Plan, atomic_write_text
 
@@ -45,29 +51,62 @@ def validate_plans(
     *,
     max_samples: int | None = None,
     batch_size: int = 4,
+    tokenizer: Any = None,
+    guard_texts: Mapping[int, Sequence[str]] | None = None,
+    max_ppl_increase: float | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Score every plan by answer-token loss on the validation set; write ``plan.json`` (the best).
 
+    Args:
+        guard_texts: ``{length: texts}`` (e.g. `moa.evaluate.essay_texts` on the calibration side); with
+            ``max_ppl_increase`` (percent over dense on these texts) a plan above the bound cannot win.
+        tokenizer: the model's tokenizer; needed with ``guard_texts``.
+
     Returns:
-        Rows ``plan, path, loss, density_at_length, length, samples, best`` sorted by loss.
+        Rows ``plan, path, loss, density_at_length, length, samples, best`` sorted by loss, and with a
+        guard ``ppl_increase`` (percent over dense) and ``feasible``.
+
+    Raises:
+        MoaError: if the set is empty, a plan does not fit the model, the guard is half given, or no
+            plan keeps the perplexity bound.
     """
-    from moa.evaluate import answer_loss, using_plan
+    from moa.evaluate import answer_loss, essay_perplexity, using_plan
     from moa_profiler import read_calibration
 
     calibration = read_calibration(data_path)
     samples = calibration.samples[:max_samples] if max_samples else calibration.samples
     if not samples:
         raise MoaError(f"{data_path}: the validation set holds no samples")
+    if (guard_texts is None) != (max_ppl_increase is None):
+        raise MoaError("a perplexity guard needs both its texts and its bound (max_ppl_increase)")
+    if guard_texts is not None and (tokenizer is None or not any(guard_texts.values())):
+        raise MoaError("the perplexity guard needs the tokenizer and at least one text")
     fingerprint = ModelFingerprint.from_config(model.config)
     lengths = sorted({s.bucket for s in samples})
     data_digest = file_digest(data_path)
+    guard_digest = inputs_digest({"texts": guard_texts}) if guard_texts is not None else None
+
+    def guard_loss(plan: Plan | None) -> float:
+        """Mean per-token loss on the guard texts, every length pooled by token."""
+        assert guard_texts is not None
+        rows = essay_perplexity(model, tokenizer, [PlanSpec("guard", plan)], guard_texts)
+        tokens = [r["samples"] * (r["tokens"] - 1) for r in rows]  # predicted tokens, each length pooled
+        return sum(r["loss"] * t for r, t in zip(rows, tokens, strict=True)) / sum(tokens)
+
+    dense_guard = None
+    if guard_texts is not None:
+        if progress is not None:
+            progress("perplexity guard: dense")
+        dense_guard = guard_loss(None)
     cache_dir = out_dir / "validation"
     rows = []
     for path in plan_paths:
         plan = Plan.load(path)
         plan.check_compatible(fingerprint)
-        key = inputs_digest({"plan": file_digest(path), "data": data_digest, "max_samples": max_samples})
+        key = inputs_digest(
+            {"plan": file_digest(path), "data": data_digest, "max_samples": max_samples, "guard": guard_digest}
+        )
         cached = cache_dir / f"{path.stem}.json"
         if cached.exists():
             try:
@@ -89,12 +128,24 @@ def validate_plans(
             "density_at_length": plan.density(lengths[-1]),
             "samples": len(samples),
         }
+        if dense_guard is not None:
+            row["ppl_increase"] = 100.0 * (math.exp(guard_loss(plan) - dense_guard) - 1.0)
         atomic_write_text(cached, json.dumps({"key": key, "row": row}) + "\n")
         rows.append(row)
     rows.sort(key=lambda r: r["loss"])
-    for i, row in enumerate(rows):
-        row["best"] = i == 0
-    best = Path(rows[0]["path"])
+    if max_ppl_increase is not None:
+        for row in rows:
+            row["feasible"] = row["ppl_increase"] <= max_ppl_increase
+        if not any(r["feasible"] for r in rows):
+            low = min(rows, key=lambda r: r["ppl_increase"])
+            raise MoaError(
+                f"no plan keeps perplexity within +{max_ppl_increase:g}% of dense on the guard texts "
+                f"(the lowest: {low['plan']}, +{low['ppl_increase']:.2f}%)"
+            )
+    winner = next(r for r in rows if r.get("feasible", True))
+    for row in rows:
+        row["best"] = row is winner
+    best = Path(winner["path"])
     final = out_dir / "plan.json"
     tmp = out_dir / ".plan.json.tmp"
     shutil.copyfile(best, tmp)
