@@ -71,14 +71,19 @@ def test_rerun_skips_every_stage(compressed: Path, reference_model: Path, moa_cl
     assert (compressed / "d0.5" / "plan.json").read_bytes() == before
 
 
-def test_an_evaluation_only_change_reruns_only_the_evaluation(  # type: ignore[no-untyped-def]
-    compressed: Path, reference_model: Path, tmp_path: Path, moa_cli
-) -> None:
+def _copy(compressed: Path, tmp_path: Path) -> tuple[Path, bytes]:
+    """A copy of the compressed directory to rerun in, and its final plan's bytes."""
     import shutil
 
     out = tmp_path / "copy"
     shutil.copytree(compressed, out)
-    before = (out / "d0.5" / "plan.json").read_bytes()
+    return out, (out / "d0.5" / "plan.json").read_bytes()
+
+
+def test_an_evaluation_only_change_reruns_only_the_evaluation(  # type: ignore[no-untyped-def]
+    compressed: Path, reference_model: Path, tmp_path: Path, moa_cli
+) -> None:
+    out, before = _copy(compressed, tmp_path)
     proc = moa_cli("compress", "--model", reference_model, *COMPRESS, "--out", out, "--eval-lengths", "256",
                    "--eval-tasks", "lines", "--eval-samples", "2")  # fmt: skip
     assert proc.stderr.count("up to date, skipped") == 5, proc.stderr
@@ -89,11 +94,7 @@ def test_an_evaluation_only_change_reruns_only_the_evaluation(  # type: ignore[n
 def test_a_perplexity_guard_reruns_the_validation_only(  # type: ignore[no-untyped-def]
     compressed: Path, reference_model: Path, tmp_path: Path, moa_cli
 ) -> None:
-    import shutil
-
-    out = tmp_path / "copy"
-    shutil.copytree(compressed, out)
-    before = (out / "d0.5" / "plan.json").read_bytes()
+    out, before = _copy(compressed, tmp_path)
     # A bound no plan reaches: the guard measures every plan on calibration essays and changes no choice.
     proc = moa_cli("compress", "--model", reference_model, *COMPRESS, "--out", out, "--max-ppl-increase", "1e9")
     assert proc.stderr.count("up to date, skipped") == 4, proc.stderr

@@ -422,7 +422,10 @@ def run_compress(s: CompressSettings, echo: Callable[[str], None] = print) -> di
 
 
 def _validation_loss(plan_dir: Path) -> str:
-    """The best validation loss recorded in ``plan_dir/validation.parquet`` ("-" when absent)."""
+    """The validation loss of the plan chosen in ``plan_dir/validation.parquet`` ("-" when absent).
+
+    That is the row marked ``best``: the lowest loss, or with a perplexity guard the lowest among the plans within it.
+    """
     import polars as pl
 
     table = plan_dir / "validation.parquet"
@@ -431,6 +434,8 @@ def _validation_loss(plan_dir: Path) -> str:
     frame = pl.read_parquet(table)
     if "loss" not in frame.columns or frame.height == 0:
         return "-"
+    if "best" in frame.columns and frame["best"].any():
+        frame = frame.filter(pl.col("best"))
     return f"{min(float(v) for v in frame['loss'].to_list()):.3f}"
 
 

@@ -94,11 +94,15 @@ def validate_plans(
         tokens = [r["samples"] * (r["tokens"] - 1) for r in rows]  # predicted tokens, each length pooled
         return sum(r["loss"] * t for r, t in zip(rows, tokens, strict=True)) / sum(tokens)
 
-    dense_guard = None
-    if guard_texts is not None:
-        if progress is not None:
-            progress("perplexity guard: dense")
-        dense_guard = guard_loss(None)
+    dense_guard: list[float] = []  # measured once, and only if some plan is not cached
+
+    def ppl_increase(plan: Plan) -> float:
+        if not dense_guard:
+            if progress is not None:
+                progress("perplexity guard: dense")
+            dense_guard.append(guard_loss(None))
+        return 100.0 * (math.exp(guard_loss(plan) - dense_guard[0]) - 1.0)
+
     cache_dir = out_dir / "validation"
     rows = []
     for path in plan_paths:
@@ -128,8 +132,8 @@ def validate_plans(
             "density_at_length": plan.density(lengths[-1]),
             "samples": len(samples),
         }
-        if dense_guard is not None:
-            row["ppl_increase"] = 100.0 * (math.exp(guard_loss(plan) - dense_guard) - 1.0)
+        if guard_texts is not None:
+            row["ppl_increase"] = ppl_increase(plan)
         atomic_write_text(cached, json.dumps({"key": key, "row": row}) + "\n")
         rows.append(row)
     rows.sort(key=lambda r: r["loss"])
