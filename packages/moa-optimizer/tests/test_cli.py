@@ -157,6 +157,35 @@ def test_shape_by_optimizes_the_shaped_profile(profile_files, small_profiles, tm
     assert "--shape-by has a profile of length" in line and "which no --profiles file has" in line
 
 
+def test_shape_linear_optimizes_the_blended_shape(profile_files, small_profiles, tmp_path):
+    from moa_plan import load_profile, shape_profile
+
+    shapes = []
+    for p in small_profiles:
+        rolled = type(p)(**{**p.__dict__, "hist": p.hist[..., ::-1].copy()})
+        shapes.append(rolled.save(tmp_path / f"s{p.length}.safetensors"))
+    args = ["--density", "0.5", "--single", "--time-limit", "60", "--no-plots"]
+    shape_args = [a for s in shapes for a in ("--shape-by", s)]
+    result = _run(["--profiles", *profile_files, *shape_args, "--shape-linear", "0.6", *args, "--out", tmp_path / "a"])
+    assert result.exit_code == 0, result.output
+    # Oracle: the library's blend (checked against brute force in moa-plan), written to files first.
+    shaped = [
+        shape_profile(load_profile(f), load_profile(s), linear=0.6).save(tmp_path / f"x{i}.safetensors")
+        for i, (f, s) in enumerate(zip(profile_files, shapes, strict=True))
+    ]
+    result = _run(["--profiles", *shaped, *args, "--out", tmp_path / "b"])
+    assert result.exit_code == 0, result.output
+    _same_optimum(tmp_path / "a", tmp_path / "b")
+    line = _one_sentence_error(
+        _run(["--profiles", *profile_files, *shape_args, "--shape-linear", "1.5", *args, "--out", tmp_path / "c"])
+    )
+    assert "--shape-linear" in line
+    line = _one_sentence_error(
+        _run(["--profiles", *profile_files, "--shape-linear", "0.5", *args, "--out", tmp_path / "d"])
+    )
+    assert "--shape-linear" in line and "no --shape-by" in line
+
+
 def test_mix_optimizes_the_mixed_profile(profile_files, small_profiles, tmp_path):
     from moa_plan import load_profile, mix_profiles
 

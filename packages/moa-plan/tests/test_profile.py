@@ -192,6 +192,28 @@ def test_shape_profile_keeps_the_measured_cut_and_takes_the_influence_shape() ->
         shape_profile(measured, make(length=41))
 
 
+@pytest.mark.parametrize("linear", [0.0, 0.3, 1.0])
+def test_shape_profile_spreads_a_linear_share_evenly(linear: float) -> None:
+    from moa_plan import shape_profile
+
+    measured, shape = make(seed=3), make(seed=4)
+    out = shape_profile(measured, shape, linear=linear)
+    k = measured.hist.shape[-1]
+    for layer in range(2):
+        for kv in range(2):
+            heads = slice(2 * kv, 2 * kv + 2)
+            value = float(measured.hist[layer, heads, 4:].astype(np.float64).sum())
+            far = shape.hist[layer, heads].astype(np.float64).sum(axis=0)
+            for w in (4, 7, 16, k - 1, k):
+                # Brute force: the blend of the influence share and the even (linear) share of d >= w.
+                want = value * ((1 - linear) * far[w:].sum() / far[4:].sum() + linear * (k - w) / (k - 4))
+                got = float(out.window_loss(np.full((2, 2), w))[layer, kv])
+                assert got == pytest.approx(want, rel=1e-9, abs=1e-12)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ProfileError, match="linear share"):
+            shape_profile(measured, shape, linear=bad)
+
+
 def _of_samples(samples: np.ndarray, sinks: np.ndarray, losses: np.ndarray, notes: str) -> Profile:
     """The profile of some samples: every value the mean over them (the file contract)."""
     return Profile(

@@ -62,6 +62,23 @@ def test_a_measured_statistic_is_shaped_by_influence(tmp_path: Path, monkeypatch
 
 
 @pytest.mark.skipif(not REFERENCE.is_dir(), reason="the reference model is not in the tree")
+def test_a_linear_share_of_the_shape_reaches_the_optimizer_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _stages(tmp_path, monkeypatch, statistic="gate")
+    assert "--shape-linear" not in calls[-1]  # the default: all of the shape from the influence
+    # An optimize setting: changing it re-runs the optimizer only, which receives it.
+    again = _stages(tmp_path, monkeypatch, statistic="gate", shape_linear=0.5)
+    assert [c[0] for c in again] == ["optimize"] and again[0][again[0].index("--shape-linear") + 1] == "0.5"
+    report = pipeline._report(
+        pipeline.CompressSettings(**{**run_settings(tmp_path), "statistic": "gate", "shape_linear": 0.5}), [], ""
+    )
+    assert "shaped by the influence profile (0.5 of it spread evenly)" in report
+    # Without a shape there is nothing to blend: the setting is not passed.
+    assert "--shape-linear" not in _stages(tmp_path, monkeypatch, statistic="influence", shape_linear=0.5)[-1]
+
+
+@pytest.mark.skipif(not REFERENCE.is_dir(), reason="the reference model is not in the tree")
 def test_the_influence_statistic_is_not_shaped_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _stages(tmp_path, monkeypatch, statistic="influence")
     assert [c[0] for c in calls] == ["profile", "optimize"] and "--shape-by" not in calls[1]
@@ -155,3 +172,8 @@ def test_the_mix_statistic_flags_reach_the_settings(tmp_path: Path, monkeypatch:
     assert (seen[1].mix_statistic, seen[1].mix_gate_penalty) == ("influence", 0.05)
     result = CliRunner().invoke(compress, [*base, "--mix-statistic", "greedy"])
     assert result.exit_code == 2 and "'greedy' is not one of 'influence', 'gate'" in result.output
+    result = CliRunner().invoke(compress, [*base, "--shape-linear", "0.25"])
+    assert result.exit_code == 0, result.output
+    assert (seen[1].shape_linear, seen[2].shape_linear) == (0.0, 0.25)
+    result = CliRunner().invoke(compress, [*base, "--shape-linear", "2"])
+    assert result.exit_code == 2 and "--shape-linear" in result.output

@@ -57,12 +57,14 @@ def _per_length(profiles: list[Any], paths: tuple[Path, ...], flag: str) -> dict
     return given
 
 
-def _shaped(profiles: list[Any], shape_paths: tuple[Path, ...], flag: str = "--shape-by") -> list[Any]:
+def _shaped(
+    profiles: list[Any], shape_paths: tuple[Path, ...], flag: str = "--shape-by", linear: float = 0.0
+) -> list[Any]:
     """Each profile shaped by the profile of its length among ``shape_paths`` (`moa_plan.shape_profile`)."""
     from moa_plan import shape_profile
 
     shapes = _per_length(profiles, shape_paths, flag)
-    return [shape_profile(p, shapes[p.length]) for p in profiles]
+    return [shape_profile(p, shapes[p.length], linear=linear) for p in profiles]
 
 
 def _mixed(
@@ -162,6 +164,15 @@ def _mixed(
     "(those of the same length are merged by sample count).",
 )
 @click.option(
+    "--shape-linear",
+    type=click.FloatRange(min=0.0, max=1.0),
+    default=0.0,
+    show_default=True,
+    help="With --shape-by: the part of each head's measured loss spread evenly over the distances instead of by "
+    "the influence (its loss then falls linearly with the window); the influence sits near the diagonal and prices "
+    "long windows of far-reading heads too low.",
+)
+@click.option(
     "--mix",
     "mix_paths",
     multiple=True,
@@ -209,6 +220,7 @@ def optimize_command(
     alphas: str | None,
     betas: str | None,
     shape_paths: tuple[Path, ...],
+    shape_linear: float,
     mix_paths: tuple[Path, ...],
     mix_shape_paths: tuple[Path, ...],
     mix_weight: float,
@@ -231,6 +243,10 @@ def optimize_command(
         raise click.BadParameter(f"lower bound must be in [0, {density}], got {lower}", param_hint="--lower")
     if mix_shape_paths and not mix_paths:
         raise click.BadParameter("it shapes --mix profiles, and no --mix was given", param_hint="--mix-shape-by")
+    if shape_linear and not shape_paths:
+        raise click.BadParameter(
+            "it changes the --shape-by shape, and no --shape-by was given", param_hint="--shape-linear"
+        )
     limit = None if max_rules_per_layer.lower() in ("none", "off") else _positive_int(max_rules_per_layer)
     config = OptimizeConfig(
         density=density,
@@ -254,7 +270,7 @@ def optimize_command(
     _run(lambda: _same_model(profiles, paths))
     profiles = list(_run(lambda: _by_length(profiles)).values())
     if shape_paths:
-        profiles = _run(lambda: _shaped(profiles, shape_paths))
+        profiles = _run(lambda: _shaped(profiles, shape_paths, linear=shape_linear))
     if mix_paths:
         profiles = _run(lambda: _mixed(profiles, mix_paths, mix_weight, mix_shape_paths))
     if show_rules and not as_json:

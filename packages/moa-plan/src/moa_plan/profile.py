@@ -138,7 +138,7 @@ class Profile:
         return save_profile(self, path)
 
 
-def shape_profile(measured: Profile, shape: Profile) -> Profile:
+def shape_profile(measured: Profile, shape: Profile, linear: float = 0.0) -> Profile:
     """``measured``'s loss per KV head, spread over distances like ``shape``'s influence.
 
     A measured profile (one cut per KV head to the sink + one block) knows how much a head's far
@@ -148,9 +148,17 @@ def shape_profile(measured: Profile, shape: Profile) -> Profile:
     distances >= W (of the influence at distances >= ``block``); a head without influence there falls
     linearly. Query heads of a group get equal shares.
 
+    ``linear`` in [0, 1] is the part of each head's loss spread evenly over the distances instead
+    (the loss at W falls linearly from the block to the whole head): the influence of a head is
+    mostly near its diagonal, so the influence shape alone prices a window of N/2 as nearly whole,
+    and a head whose answers lie far back is cut too short; ``linear`` = 1 ignores the shape.
+
     Raises:
-        ProfileError: the two profiles differ in model, length, sink, block or buckets.
+        ProfileError: the two profiles differ in model, length, sink, block or buckets, or
+            ``linear`` is outside [0, 1].
     """
+    if not 0.0 <= linear <= 1.0:
+        raise ProfileError(f"the linear share of the shape must be in [0, 1], got {linear}.")
     _require_same_layout(measured, shape, "shape")
     if measured.edges is not None or shape.edges is not None:
         raise ProfileError("shape_profile needs exact (unbucketed) histograms.")
@@ -162,11 +170,14 @@ def shape_profile(measured: Profile, shape: Profile) -> Profile:
     flat = np.zeros_like(weights)
     flat[..., block:] = 1.0 / max(1, weights.shape[-1] - block)
     share = np.where(total > 0, weights / np.where(total > 0, total, 1.0), flat)
+    share = (1.0 - linear) * share + linear * flat
     group = measured.model.group_size
     hist = np.repeat(value * share / group, group, axis=1)
     note = (
         f"{measured.notes or 'measured profile'}; shaped by the influence by distance of {shape.notes or 'a profile'}"
     )
+    if linear:
+        note += f" ({linear:g} of it spread evenly)"
     return Profile(
         model=measured.model,
         length=measured.length,

@@ -446,6 +446,14 @@ def validate(
     "shape each head's measured cut cost by it (moa optimize --shape-by).",
 )
 @click.option(
+    "--shape-linear",
+    type=click.FloatRange(min=0.0, max=1.0),
+    default=0.0,
+    show_default=True,
+    help="With --shape: the part of each head's measured cut cost spread evenly over the distances instead of by "
+    "the influence (moa optimize --shape-linear).",
+)
+@click.option(
     "--grid-resolution",
     type=click.IntRange(min=1),
     default=1,
@@ -531,6 +539,7 @@ def compress(
     gate_lr: float,
     gate_penalty: float,
     shape: bool,
+    shape_linear: float,
     grid_resolution: int,
     mix_task: str,
     mix_weight: float,
@@ -579,6 +588,7 @@ def compress(
         gate_lr=gate_lr,
         gate_penalty=gate_penalty,
         shape=shape,
+        shape_linear=shape_linear,
         grid_resolution=grid_resolution,
         mix_task=mix_task.strip(),
         mix_weight=mix_weight,

@@ -76,6 +76,10 @@ class CompressSettings:
     # measured profile says how much a head's cut costs, the influence profile how that cost falls as its
     # window grows (the shaped plans of RESULTS.md).
     shape: bool = True
+    # The part of each head's measured cut cost spread evenly over the distances instead of by the influence
+    # (`moa optimize --shape-linear`): the influence sits near the diagonal and prices far-reading heads' long
+    # windows too low.
+    shape_linear: float = 0.0
     # Rule-grid resolution of the optimizer (1: the original MoA grid).
     grid_resolution: int = 1
     # A second calibration objective (e.g. ``continue``: prose continuation of the calibration essays, its
@@ -228,7 +232,7 @@ _STAGE_SETTINGS = {
     ),
     "optimize": (
         "densities", "lengths", "extend", "optimizer", "time_limit", "sink", "block", "layer_baseline",
-        "duo_baseline", "grid_resolution", "shape", "mix_task", "mix_weight", "mix_statistic",
+        "duo_baseline", "grid_resolution", "shape", "shape_linear", "mix_task", "mix_weight", "mix_statistic",
     ),
     "validate": (
         "model", "densities", "layer_baseline", "duo_baseline", "max_ppl_increase", "val_length", "validation_samples",
@@ -338,6 +342,7 @@ class _Compress:
                     args = ["optimize", "--profiles", *self.profile_files, "--density", d, "--extend", s.extend]
                     args += ["--time-limit", s.time_limit, "--optimizer", s.optimizer, *extra]
                     args += [x for f in self.shape_files for x in ("--shape-by", f)]
+                    args += ["--shape-linear", s.shape_linear] if self.shape_files and s.shape_linear else []
                     args += [x for f in self.mix_files for x in ("--mix", f)]
                     args += [x for f in self.mix_shape_files for x in ("--mix-shape-by", f)]
                     args += ["--mix-weight", s.mix_weight] if self.mix_files else []
@@ -447,6 +452,11 @@ def _report(s: CompressSettings, finals: Sequence[tuple[float, str, Path]], eval
         + (f"records `{s.records}`" if s.records else f"task `{s.task}` ({s.samples} samples per length and task)")
         + f", profile statistic `{s.statistic}`"
         + (" shaped by the influence profile" if s.shape and s.statistic != "influence" else "")
+        + (
+            f" ({s.shape_linear:g} of it spread evenly)"
+            if s.shape and s.statistic != "influence" and s.shape_linear
+            else ""
+        )
         + (
             f", mixed with `{s.mix_task}` ({s.mix_statistic}"
             + (" shaped by its influence" if s.mix_statistic == "gate" else "")
