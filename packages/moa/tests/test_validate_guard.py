@@ -158,6 +158,16 @@ def test_cli_guard(setup: dict[str, Any], essays_dir: Path, tmp_path: Path) -> N
                                    "--out", str(tmp_path / "x")])  # fmt: skip
     assert missing.exit_code != 0 and "no essays (*.txt) in" in missing.output
     assert not (tmp_path / "x" / "plan.json").exists()
+    # No feasible plan (the half window alone, its increase > dense's 0, under a bound of 0): the measurements are
+    # printed and kept (validation.md), then one sentence; no plan.json.
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "half.json").write_bytes(s["plans"]["half"].read_bytes())
+    none = runner.invoke(main, [*base[:4], str(only), *base[5:], "--max-ppl-increase", "0", "--ppl-essays",
+                                str(essays_dir), "--ppl-samples", "2", "--out", str(tmp_path / "n")])  # fmt: skip
+    assert none.exit_code != 0 and "no plan keeps perplexity within +0% of dense" in none.output
+    assert "| half |" in none.stdout and "| half |" in (tmp_path / "n" / "validation.md").read_text()
+    assert "Traceback" not in none.output and not (tmp_path / "n" / "plan.json").exists()
 
 
 def test_the_report_shows_the_chosen_plans_loss_not_the_lowest(tmp_path: Path) -> None:

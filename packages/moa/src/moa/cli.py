@@ -338,7 +338,7 @@ def validate(
     """
     from moa.bench.report import markdown_table, write_parquet
     from moa.evaluate import essay_texts, load_model
-    from moa.validate import collect_plans, validate_plans
+    from moa.validate import NoFeasiblePlanError, collect_plans, validate_plans
 
     if max_ppl_increase is None and (ppl_essays is not None or ppl_lengths):
         raise click.UsageError("--ppl-essays and --ppl-lengths need --max-ppl-increase")
@@ -354,21 +354,32 @@ def validate(
     texts = None
     if essays is not None:
         texts = essay_texts(tokenizer, essays, ppl_lengths or [], ppl_samples, side="calibration")
-    rows = validate_plans(
-        model,
-        plans,
-        data,
-        out,
-        max_samples=max_samples,
-        tokenizer=tokenizer,
-        guard_texts=texts,
-        max_ppl_increase=max_ppl_increase,
-        progress=_echo_err,
-    )
-    write_parquet(rows, out / "validation.parquet")
     guard = ["ppl_increase", "feasible"] if texts is not None else []
-    table = markdown_table(rows, ["plan", "loss", *guard, "density_at_length", "length", "samples", "best"])
-    atomic_write_text(out / "validation.md", table)
+
+    def report(rows: list[dict[str, Any]]) -> str:
+        write_parquet(rows, out / "validation.parquet")
+        table = markdown_table(rows, ["plan", "loss", *guard, "density_at_length", "length", "samples", "best"])
+        atomic_write_text(out / "validation.md", table)
+        return table
+
+    try:
+        rows = validate_plans(
+            model,
+            plans,
+            data,
+            out,
+            max_samples=max_samples,
+            tokenizer=tokenizer,
+            guard_texts=texts,
+            max_ppl_increase=max_ppl_increase,
+            progress=_echo_err,
+        )
+    except NoFeasiblePlanError as error:
+        # The measurements are what the user waited for: show and keep them, then the one-sentence error.
+        table = report(error.rows)
+        click.echo(json.dumps(error.rows) if as_json else table)
+        raise
+    table = report(rows)
     if as_json:
         click.echo(json.dumps(rows))
         return

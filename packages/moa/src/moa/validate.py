@@ -43,6 +43,14 @@ def collect_plans(paths: Sequence[Path]) -> list[Path]:
     return out
 
 
+class NoFeasiblePlanError(MoaError):
+    """No plan keeps the perplexity bound; ``rows`` holds every plan's measurements (none is best)."""
+
+    def __init__(self, message: str, rows: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.rows = rows
+
+
 def validate_plans(
     model: Any,
     plan_paths: Sequence[Path],
@@ -68,8 +76,9 @@ def validate_plans(
         guard ``ppl_increase`` (percent over dense) and ``feasible``.
 
     Raises:
-        MoaError: if the set is empty, a plan does not fit the model, the guard is half given, or no
-            plan keeps the perplexity bound.
+        MoaError: if the set is empty, a plan does not fit the model or the guard is half given.
+        NoFeasiblePlanError: no plan keeps the perplexity bound (its ``rows`` are the measurements; no
+            ``plan.json`` is written).
     """
     from moa.evaluate import answer_loss, essay_perplexity, using_plan
     from moa_profiler import read_calibration
@@ -141,10 +150,13 @@ def validate_plans(
         for row in rows:
             row["feasible"] = row["ppl_increase"] <= max_ppl_increase
         if not any(r["feasible"] for r in rows):
+            for row in rows:
+                row["best"] = False
             low = min(rows, key=lambda r: r["ppl_increase"])
-            raise MoaError(
+            raise NoFeasiblePlanError(
                 f"no plan keeps perplexity within +{max_ppl_increase:g}% of dense on the guard texts "
-                f"(the lowest: {low['plan']}, +{low['ppl_increase']:.2f}%)"
+                f"(the lowest: {low['plan']}, +{low['ppl_increase']:.2f}%)",
+                rows,
             )
     winner = next(r for r in rows if r.get("feasible", True))
     for row in rows:
