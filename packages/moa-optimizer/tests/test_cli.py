@@ -129,14 +129,19 @@ def _same_optimum(a_dir: Path, b_dir: Path) -> None:
     assert a.provenance.objectives[key] == pytest.approx(b.provenance.objectives[key], rel=2 * gap + 1e-6)
 
 
-def test_shape_by_optimizes_the_shaped_profile(profile_files, small_profiles, tmp_path):
-    from moa_plan import load_profile, shape_profile
-
-    # The same profiles as their own shape, rolled: a different distance shape with the same lengths.
+def _rolled_shapes(small_profiles, tmp_path):
+    """The profiles as their own shape, rolled: another distance shape with the same lengths, written to files."""
     shapes = []
     for p in small_profiles:
         rolled = type(p)(**{**p.__dict__, "hist": p.hist[..., ::-1].copy()})
         shapes.append(rolled.save(tmp_path / f"s{p.length}.safetensors"))
+    return shapes
+
+
+def test_shape_by_optimizes_the_shaped_profile(profile_files, small_profiles, tmp_path):
+    from moa_plan import load_profile, shape_profile
+
+    shapes = _rolled_shapes(small_profiles, tmp_path)
     args = ["--density", "0.5", "--single", "--time-limit", "60", "--no-plots"]
     shape_args = [a for s in shapes for a in ("--shape-by", s)]
     result = _run(["--profiles", *profile_files, *shape_args, *args, "--out", tmp_path / "a"])
@@ -160,10 +165,7 @@ def test_shape_by_optimizes_the_shaped_profile(profile_files, small_profiles, tm
 def test_shape_linear_optimizes_the_blended_shape(profile_files, small_profiles, tmp_path):
     from moa_plan import load_profile, shape_profile
 
-    shapes = []
-    for p in small_profiles:
-        rolled = type(p)(**{**p.__dict__, "hist": p.hist[..., ::-1].copy()})
-        shapes.append(rolled.save(tmp_path / f"s{p.length}.safetensors"))
+    shapes = _rolled_shapes(small_profiles, tmp_path)
     args = ["--density", "0.5", "--single", "--time-limit", "60", "--no-plots"]
     shape_args = [a for s in shapes for a in ("--shape-by", s)]
     result = _run(["--profiles", *profile_files, *shape_args, "--shape-linear", "0.6", *args, "--out", tmp_path / "a"])
@@ -176,6 +178,12 @@ def test_shape_linear_optimizes_the_blended_shape(profile_files, small_profiles,
     result = _run(["--profiles", *shaped, *args, "--out", tmp_path / "b"])
     assert result.exit_code == 0, result.output
     _same_optimum(tmp_path / "a", tmp_path / "b")
+    # The blend matters: the influence shape alone gives another objective (so an ignored flag would fail above).
+    result = _run(["--profiles", *profile_files, *shape_args, *args, "--out", tmp_path / "plain"])
+    assert result.exit_code == 0, result.output
+    plain, blended = (Plan.load(tmp_path / d / "plan_00.json") for d in ("plain", "a"))
+    key = f"loss@{plain.provenance.extra['objective_length']}"
+    assert blended.provenance.objectives[key] != pytest.approx(plain.provenance.objectives[key], rel=1e-3)
     line = _one_sentence_error(
         _run(["--profiles", *profile_files, *shape_args, "--shape-linear", "1.5", *args, "--out", tmp_path / "c"])
     )
