@@ -102,18 +102,24 @@ experiment: assets ## The SmolLM2 gate-statistic table of RESULTS.md (MoA vs den
 
 SMOL_PLANS := plans/smollm2-135m-instruct
 TABLE_OUT ?= runs/table-smollm2
+TABLE_SHARDS ?= 2
 # The README's results table with the committed plans: dense, uniform, MoA, per-layer and DuoAttention-style at 50% and
-# 25%, NIAH + passkey at 1k-8k, 10 depths each. Resumable (finished cells are kept in TABLE_OUT). One thread; its
-# cells were measured in pieces (35 min per budget at 1k-4k, 74 min for the baselines at 6k + 8k on two processes):
-# about 5 h on one thread, estimated, never run as one piece.
-table-smollm2: assets ## The README results table from the committed SmolLM2 plans at 1k-8k (~5 h, estimated)
-	OMP_NUM_THREADS=1 $(BIN)/moa eval retrieval --model models/smollm2-135m-instruct --plan dense \
-		--plan uniform:0.5 --plan uniform:0.25 \
-		--plan moa-50=$(SMOL_PLANS)/moa-gate64-1k2k-reference-0.5.json --plan moa-25=$(SMOL_PLANS)/moa-gate64-1k2k-reference-0.25.json \
-		--plan moa-mix-50=$(SMOL_PLANS)/moa-gate64-mix-1k2k-reference-0.5.json \
-		--plan layer-50=$(SMOL_PLANS)/layer-gate64-1k2k-reference-0.5.json --plan layer-25=$(SMOL_PLANS)/layer-gate64-1k2k-reference-0.25.json \
-		--plan duo-50=$(SMOL_PLANS)/duo-gate64-1k2k-reference-0.5.json --plan duo-25=$(SMOL_PLANS)/duo-gate64-1k2k-reference-0.25.json \
-		--tasks niah,passkey-en --lengths 1024,2048,4096,6144,8192 --samples 10 --out $(TABLE_OUT)
+# 25%, NIAH + passkey at 1k-8k, 10 depths each. Its cells are split over TABLE_SHARDS processes of one thread each
+# (`--shard K/N`, one per core), then one run without --shard reads every cell back and writes the tables. Resumable:
+# finished cells are kept in TABLE_OUT. Its cells were measured in pieces before (35 min per budget at 1k-4k, 74 min for
+# the baselines at 6k + 8k on two processes): about 5 h of one thread, estimated, never run as one piece.
+TABLE_ARGS = --model models/smollm2-135m-instruct --plan dense --plan uniform:0.5 --plan uniform:0.25 \
+	--plan moa-50=$(SMOL_PLANS)/moa-gate64-1k2k-reference-0.5.json --plan moa-25=$(SMOL_PLANS)/moa-gate64-1k2k-reference-0.25.json \
+	--plan moa-mix-50=$(SMOL_PLANS)/moa-gate64-mix-1k2k-reference-0.5.json \
+	--plan layer-50=$(SMOL_PLANS)/layer-gate64-1k2k-reference-0.5.json --plan layer-25=$(SMOL_PLANS)/layer-gate64-1k2k-reference-0.25.json \
+	--plan duo-50=$(SMOL_PLANS)/duo-gate64-1k2k-reference-0.5.json --plan duo-25=$(SMOL_PLANS)/duo-gate64-1k2k-reference-0.25.json \
+	--tasks niah,passkey-en --lengths 1024,2048,4096,6144,8192 --samples 10 --out $(TABLE_OUT)
+table-smollm2: assets ## The README results table from the committed SmolLM2 plans at 1k-8k (~5 h of one thread, split over 2 processes; estimated)
+	mkdir -p $(TABLE_OUT); set -e; pids=; k=0; while [ $$k -lt $(TABLE_SHARDS) ]; do \
+		OMP_NUM_THREADS=1 $(BIN)/moa eval retrieval $(TABLE_ARGS) --shard $$k/$(TABLE_SHARDS) \
+			> $(TABLE_OUT)/shard-$$k.log 2>&1 & pids="$$pids $$!"; k=$$((k + 1)); done; \
+	for pid in $$pids; do wait $$pid; done
+	OMP_NUM_THREADS=1 $(BIN)/moa eval retrieval $(TABLE_ARGS)
 
 PLANS_OUT ?= runs/plans-smollm2
 GATES := plans/smollm2-135m-instruct/gates-64-reference
@@ -136,8 +142,10 @@ GATES := plans/smollm2-135m-instruct/gates-64-reference
 # Then (twenty-third session) the choice on both objectives: the Pareto fronts of prose weights 1 and 2, validated on
 # recall prompts at 3072 (calibration essays, seed 5) under a perplexity guard (+1.8% on 8 calibration essays at 2048):
 # `s16b32/guarded-0.25/plan.json` = `moa-gate64-prosegate-s16b32-guarded-1k2k-reference-0.25.json` (weight 1, plan_01).
+# Run as one target (twenty-fifth session, quiet machine): 53 min 53 s, and all 11 plans equal their committed files
+# rule for rule (RESULTS.md, "Twenty-fifth session").
 S16B32_GRID := --extend 8x --alphas 0,48,64,96,128 --betas 0,0.125,0.25,0.375,0.5,0.625,0.75,0.875,1 --threads 1
-plans-smollm2: assets ## The committed SmolLM2 gate plans (MoA, per-layer, DuoAttention-style, MoA + prose at 50% and 25%; the sink 16 + block 32 plans at 25% and 12.5%, and the guarded 25% choice) from the committed gates (~1 h 50 min, estimated)
+plans-smollm2: assets ## The committed SmolLM2 gate plans (MoA, per-layer, DuoAttention-style, MoA + prose at 50% and 25%; the sink 16 + block 32 plans at 25% and 12.5%, and the guarded 25% choice) from the committed gates (54 min on 2 cores, measured)
 	for n in 1024 2048; do \
 		$(BIN)/moa calibrate $(EXPERIMENT_CALIB) --lengths $$n --num-samples 4 \
 			--out $(PLANS_OUT)/ref16-$$n/calibration.parquet && \

@@ -139,6 +139,46 @@ def test_cli_retrieval_english_end_to_end(essays_dir: Path, tmp_path: Path) -> N
 
 
 @needs_reference
+def test_cli_retrieval_shards_share_one_run(essays_dir: Path, tmp_path: Path) -> None:
+    """Two `--shard` processes measure disjoint cells; the run without --shard reads them back: the rows of one run."""
+    common = ["eval", "retrieval", "--model", REFERENCE, "--tasks", "niah", "--lengths", "160,256", "--samples", "5",
+              "--plan", "dense", "--plan", "uniform:0.5", "--plan", "window:64", "--essays", essays_dir]  # fmt: skip
+    oracle = _invoke(*common, "--out", tmp_path / "whole", "--json")
+    assert oracle.exit_code == 0, oracle.output
+    whole = json.loads(oracle.stdout)["rows"]
+    out = tmp_path / "sharded"
+    measured: list[set[tuple[str, int]]] = []
+    for k in (0, 1):
+        shard = _invoke(*common, "--out", out, "--shard", f"{k}/2", "--json")
+        assert shard.exit_code == 0, shard.output
+        measured.append({(r["plan"], r["length"]) for r in json.loads(shard.stdout)["rows"]})
+        assert (out / f"retrieval.cells.shard-{k}-of-2.json").is_file() and not (out / "retrieval.md").exists()
+    # Cells 0, 2, 4 and 1, 3, 5 of the (length, plan) order: disjoint, together all six.
+    assert measured[0] == {("dense", 160), ("window-64", 160), ("uniform-0.5", 256)}
+    assert measured[0].isdisjoint(measured[1]) and len(measured[0] | measured[1]) == 6
+    merged = _invoke(*common, "--out", out, "--json")
+    assert merged.exit_code == 0, merged.output
+    assert merged.stderr.count("read back from") == 6
+    key = lambda r: (r["plan"], r["length"], r["decile"])  # noqa: E731
+    assert sorted(json.loads(merged.stdout)["rows"], key=key) == sorted(whole, key=key)
+    assert (out / "retrieval.md").is_file()
+    assert len(json.loads((out / "retrieval.cells.json").read_text())["cells"]) == 6
+
+
+@pytest.mark.parametrize("shard", ["2/2", "-1/2", "1/0", "half", "1/2/3"])
+def test_cli_retrieval_rejects_a_shard_that_does_not_exist(shard: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["eval", "retrieval", "--model", str(tmp_path / "none"), "--tasks", "lines",
+                                       "--out", str(tmp_path / "out"), "--shard", shard])  # fmt: skip
+    assert result.exit_code == 2 and "--shard" in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+def test_retrieval_eval_rejects_a_shard_out_of_range() -> None:
+    with pytest.raises(evaluate.MoaError, match="shard 3 of 2"):
+        retrieval_eval(None, None, [], tasks=["niah"], lengths=[64], samples=1, shard=(3, 2))
+
+
+@needs_reference
 def test_cli_ppl_essays_matches_a_direct_forward(essays_dir: Path, tmp_path: Path, tokenizer: Any) -> None:
     import torch
     from transformers import AutoModelForCausalLM

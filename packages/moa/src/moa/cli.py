@@ -78,6 +78,13 @@ def eval_group() -> None:
     help="Output directory. Each finished (plan, task, length) cell is kept in OUT/retrieval.cells.json: "
     "the same command resumes an interrupted run, and a run with one more plan measures only that plan.",
 )
+@click.option(
+    "--shard",
+    metavar="K/N",
+    help="Measure only every N-th (task, length, plan) cell from cell K (0 <= K < N) and keep them in "
+    "OUT/retrieval.cells.shard-K-of-N.json, so that N processes share one run (e.g. OMP_NUM_THREADS=1, one per "
+    "core); the same command without --shard then reads every shard's cells back and writes the tables.",
+)
 @click.option("--json", "as_json", is_flag=True)
 def retrieval(
     model_path: Path,
@@ -91,6 +98,7 @@ def retrieval(
     essays_path: Path | None,
     max_new_tokens: int | None,
     out: Path,
+    shard: str | None,
     as_json: bool,
 ) -> None:
     """Retrieval accuracy by depth x length, per plan: toy tasks and NIAH / passkey / LongEval lines in English."""
@@ -113,6 +121,7 @@ def retrieval(
             f"unknown task {unknown[0] if unknown else tasks!r}; expected some of {', '.join(TASKS + RETRIEVAL_TASKS)}",
             param_hint="--tasks",
         )
+    shard_index, shard_count = _parse_shard(shard)
     # Read the essays before the model loads, so that missing essays fail at once.
     essays = read_essays(essays_path) if {"niah", "niah-multi"} & set(names) else None
     model, tokenizer = load_model(model_path)
@@ -122,7 +131,12 @@ def retrieval(
         "model": str(model_path.resolve()), "samples": samples, "seed": seed, "form": form,
         "max_new_tokens": max_new_tokens, "essays": essay_digest,
     }  # fmt: skip
-    store = CellStore(out / "retrieval.cells.json", settings)
+    if shard_count > 1:
+        store = CellStore(out / f"retrieval.cells.shard-{shard_index}-of-{shard_count}.json", settings)
+    else:
+        store = CellStore(
+            out / "retrieval.cells.json", settings, merge=sorted(out.glob("retrieval.cells.shard-*.json"))
+        )
     rows = retrieval_eval(
         model,
         tokenizer,
@@ -137,7 +151,16 @@ def retrieval(
         essays=essays,
         progress=_echo_err,
         store=store,
+        shard=(shard_index, shard_count),
     )
+    if shard_count > 1:
+        cells = len({(r["plan"], r["task"], r["length"]) for r in rows})
+        if as_json:
+            click.echo(json.dumps({"rows": rows, "shard": [shard_index, shard_count], "store": str(store.path)}))
+        else:
+            click.echo(f"shard {shard_index}/{shard_count}: {cells} cells kept in {store.path}; the same command without "
+                       "--shard reads every shard back and writes the tables")  # fmt: skip
+        return
     table = retrieval_outputs(rows, out)
     eff = effective_context(rows)
     by_task = effective_context_table(rows)
@@ -155,6 +178,23 @@ def retrieval(
         detail = ", ".join(f"{r['task']} {shown(r['effective_length'])}" for r in tasks_of)
         parts.append(f"{plan} {shown(length)}" + (f" ({detail})" if len(tasks_of) > 1 else ""))
     click.echo("effective context length (>= 90% retrieval): " + ", ".join(parts))
+
+
+def _parse_shard(value: str | None) -> tuple[int, int]:
+    """``K/N`` as ``(K, N)``; no shard is ``(0, 1)``."""
+    if value is None:
+        return 0, 1
+    try:
+        index, parts = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise click.BadParameter(
+            f"expected K/N, two integers such as 0/2, got {value!r}", param_hint="--shard"
+        ) from None
+    if not 0 <= index < parts:
+        raise click.BadParameter(
+            f"shard {value!r} does not exist: K must be at least 0 and below N", param_hint="--shard"
+        )
+    return index, parts
 
 
 @eval_group.command("ppl")

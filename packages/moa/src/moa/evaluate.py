@@ -253,18 +253,24 @@ class CellStore:
     written under other settings is set aside with a warning and its cells are measured anew.
     """
 
-    def __init__(self, path: Path, settings: Mapping[str, Any]) -> None:
+    def __init__(self, path: Path, settings: Mapping[str, Any], merge: Sequence[Path] = ()) -> None:
+        """``merge``: other cell files (the shards of a run split over processes) whose cells are read too
+        and written at once, with those of ``path``, to ``path``."""
         self.path, self.settings = path, json.loads(json.dumps(dict(settings), sort_keys=True, default=str))
         self.cells: dict[str, list[dict[str, Any]]] = {}
-        if path.is_file():
+        for source in [path, *merge]:
+            if not source.is_file():
+                continue
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
+                data = json.loads(source.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError):
                 data = {}
             if isinstance(data, dict) and data.get("settings") == self.settings:
-                self.cells = dict(data.get("cells", {}))
+                self.cells.update(data.get("cells", {}))
             else:
-                logger.warning("ignoring %s: it was written by a run with other settings", path)
+                logger.warning("ignoring %s: it was written by a run with other settings", source)
+        if any(source.is_file() for source in merge) and self.cells:
+            self._write()
 
     @staticmethod
     def key(spec: PlanSpec, task: str, length: int) -> str:
@@ -275,9 +281,12 @@ class CellStore:
         return self.cells.get(key)
 
     def put(self, key: str, rows: list[dict[str, Any]]) -> None:
+        self.cells[key] = rows
+        self._write()
+
+    def _write(self) -> None:
         from moa_plan import atomic_write_text
 
-        self.cells[key] = rows
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path, json.dumps({"settings": self.settings, "cells": self.cells}))
 
@@ -297,6 +306,7 @@ def retrieval_eval(
     essays: Mapping[str, str] | None = None,
     progress: Callable[[str], None] | None = None,
     store: CellStore | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> list[dict[str, Any]]:
     """Greedy accuracy of each plan on each task, length and depth decile.
 
@@ -314,6 +324,9 @@ def retrieval_eval(
             assets cache.
         store: Finished cells to read back instead of measuring, and where each new cell is kept
             (`CellStore`); the caller makes its settings match these arguments.
+        shard: ``(k, n)``: only the cells k, k + n, k + 2n, ... of the (task, length, plan) order, so that
+            n processes with the same arguments, each with its own store, share one run; a run with
+            ``(0, 1)`` and the n stores merged (`CellStore` ``merge``) then reads them all back.
 
     Returns:
         Rows ``plan, task, form, length, decile, depth_percent, correct, total, accuracy, score,
@@ -334,7 +347,10 @@ def retrieval_eval(
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False).input_ids)
 
-    rows = []
+    index, parts = shard
+    if not 0 <= index < parts:
+        raise MoaError(f"shard {index} of {parts} does not exist; expected 0 <= k < n")
+    rows, first = [], 0
     for task in tasks:
         english = task in RETRIEVAL_TASKS
         task_form = (form or "completion") if english else "chat"
@@ -342,13 +358,17 @@ def retrieval_eval(
         overhead = _special_overhead(tokenizer) if task_form == "completion" else _chat_overhead(tokenizer)
         options: dict[str, Any] = {"form": task_form, "essays": essays} if english else {}
         for length in lengths:
+            mine = [spec for i, spec in enumerate(plans, start=first) if i % parts == index]
+            first += len(plans)
+            if not mine:
+                continue
             records = generate(
                 task, max(samples, 10), target_length=length, count_tokens=count, seed=seed, overhead=overhead,
                 **options,
             )  # fmt: skip
             records = [records[i] for i in spread_records(samples)]
             prompts = _prompts(records, tokenizer, task_form)
-            for spec in plans:
+            for spec in mine:
                 key = CellStore.key(spec, task, length)
                 kept = store.get(key) if store is not None else None
                 if kept is not None:
