@@ -69,17 +69,32 @@ demo-reference: setup ## moa compress on the reference model (influence and abla
 	$(BIN)/moa compress $(REFERENCE_ARGS) --statistic ablation --out runs/demo-reference-ablation
 	@cat runs/demo-reference/report.md runs/demo-reference-ablation/report.md
 
+# $(call sharded_retrieval,ARGS,OUT): `moa eval retrieval ARGS` (ARGS ends with --out OUT) as EVAL_SHARDS processes of one
+# thread, each measuring its share of the cells (`--shard K/N`; logs OUT/shard-K.log), then the run that reads them all back
+# and writes the tables.
+EVAL_SHARDS ?= 2
+define sharded_retrieval
+mkdir -p $(2); set -e; pids=; k=0; while [ $$k -lt $(EVAL_SHARDS) ]; do \
+	OMP_NUM_THREADS=1 $(BIN)/moa eval retrieval $(1) --shard $$k/$(EVAL_SHARDS) > $(2)/shard-$$k.log 2>&1 & \
+	pids="$$pids $$!"; k=$$((k + 1)); done; \
+for pid in $$pids; do wait $$pid; done; \
+OMP_NUM_THREADS=1 $(BIN)/moa eval retrieval $(1)
+endef
+
 EXPERIMENT_OUT ?= runs/experiment
 # The gate-statistic table of RESULTS.md on SmolLM2: 64 calibration prompts (16 each of facts, quotes, items, codes;
 # reference answers) at 1024 and at 2048, gates trained 240 steps at each length, shaped by the influence of the first
 # 16 prompts of the same length, MoA at 50% and 25% (constrained at 1024, 2048 and 8x 2048), NIAH and passkey at
-# 1k/2k/4k beside dense and uniform windows. Roughly 2 h 30 min on 2 cores (estimated from its commands' times,
+# 1k/2k/4k beside dense and uniform windows (two one-thread shards). Roughly 2 h 30 min on 2 cores (estimated from its commands' times,
 # RESULTS.md; not run as one target; its 1024 gate training, rerun alone, gives the committed gates within 1e-5).
 EXPERIMENT_CALIB := --model models/smollm2-135m-instruct --task facts,quotes,items,codes \
 	--max-new-tokens 8 --template plain --seed 3 --answers reference --quiet
 EXPERIMENT_GRID := --extend 8x --alphas 0,128 --betas 0,0.125,0.25,0.375,0.5,0.625,0.75,0.875,1 --threads 1
 EXPERIMENT_GATE := --model models/smollm2-135m-instruct --quiet --statistic gate --gate-steps 240 --gate-lr 0.025 \
 	--gate-penalty 0.5
+EXPERIMENT_EVAL = --model models/smollm2-135m-instruct --plan dense --plan uniform:0.5 --plan uniform:0.25 \
+	--plan moa-0.5=$(EXPERIMENT_OUT)/gate-0.5/plan_00.json --plan moa-0.25=$(EXPERIMENT_OUT)/gate-0.25/plan_00.json \
+	--tasks niah,passkey-en --lengths 1024,2048,4096 --samples 10 --out $(EXPERIMENT_OUT)/eval
 experiment: assets ## The SmolLM2 gate-statistic table of RESULTS.md (MoA vs dense and uniform at 1k-4k; ~2.5 h on 2 cores, estimated)
 	for n in 1024 2048; do \
 		$(BIN)/moa calibrate $(EXPERIMENT_CALIB) --lengths $$n --num-samples 4 \
@@ -96,15 +111,12 @@ experiment: assets ## The SmolLM2 gate-statistic table of RESULTS.md (MoA vs den
 		--shape-by $(EXPERIMENT_OUT)/ref16-1024/influence/profile-1024.safetensors \
 		--shape-by $(EXPERIMENT_OUT)/ref16-2048/influence/profile-2048.safetensors \
 		--density $$d $(EXPERIMENT_GRID) --out $(EXPERIMENT_OUT)/gate-$$d || exit 1; done
-	$(BIN)/moa eval retrieval --model models/smollm2-135m-instruct --plan dense --plan uniform:0.5 --plan uniform:0.25 \
-		--plan moa-0.5=$(EXPERIMENT_OUT)/gate-0.5/plan_00.json --plan moa-0.25=$(EXPERIMENT_OUT)/gate-0.25/plan_00.json \
-		--tasks niah,passkey-en --lengths 1024,2048,4096 --samples 10 --out $(EXPERIMENT_OUT)/eval
+	$(call sharded_retrieval,$(EXPERIMENT_EVAL),$(EXPERIMENT_OUT)/eval)
 
 SMOL_PLANS := plans/smollm2-135m-instruct
 TABLE_OUT ?= runs/table-smollm2
-TABLE_SHARDS ?= 2
 # The README's results table with the committed plans: dense, uniform, MoA, per-layer and DuoAttention-style at 50% and
-# 25%, NIAH + passkey at 1k-8k, 10 depths each. Its cells are split over TABLE_SHARDS processes of one thread each
+# 25%, NIAH + passkey at 1k-8k, 10 depths each. Its cells are split over EVAL_SHARDS processes of one thread each
 # (`--shard K/N`, one per core), then one run without --shard reads every cell back and writes the tables. Resumable:
 # finished cells are kept in TABLE_OUT. Its cells were measured in pieces before (35 min per budget at 1k-4k, 74 min for
 # the baselines at 6k + 8k on two processes): about 5 h of one thread, estimated, never run as one piece.
@@ -113,13 +125,9 @@ TABLE_ARGS = --model models/smollm2-135m-instruct --plan dense --plan uniform:0.
 	--plan moa-mix-50=$(SMOL_PLANS)/moa-gate64-mix-1k2k-reference-0.5.json \
 	--plan layer-50=$(SMOL_PLANS)/layer-gate64-1k2k-reference-0.5.json --plan layer-25=$(SMOL_PLANS)/layer-gate64-1k2k-reference-0.25.json \
 	--plan duo-50=$(SMOL_PLANS)/duo-gate64-1k2k-reference-0.5.json --plan duo-25=$(SMOL_PLANS)/duo-gate64-1k2k-reference-0.25.json \
-	--tasks niah,passkey-en --lengths 1024,2048,4096,6144,8192 --samples 10 --out $(TABLE_OUT)
+	--tasks niah,passkey-en --lengths 1024,2048,4096,6144,8192 --samples 10
 table-smollm2: assets ## The README results table from the committed SmolLM2 plans at 1k-8k (~5 h of one thread, split over 2 processes; estimated)
-	mkdir -p $(TABLE_OUT); set -e; pids=; k=0; while [ $$k -lt $(TABLE_SHARDS) ]; do \
-		OMP_NUM_THREADS=1 $(BIN)/moa eval retrieval $(TABLE_ARGS) --shard $$k/$(TABLE_SHARDS) \
-			> $(TABLE_OUT)/shard-$$k.log 2>&1 & pids="$$pids $$!"; k=$$((k + 1)); done; \
-	for pid in $$pids; do wait $$pid; done
-	OMP_NUM_THREADS=1 $(BIN)/moa eval retrieval $(TABLE_ARGS)
+	$(call sharded_retrieval,$(TABLE_ARGS) --out $(TABLE_OUT),$(TABLE_OUT))
 
 PLANS_OUT ?= runs/plans-smollm2
 GATES := plans/smollm2-135m-instruct/gates-64-reference
