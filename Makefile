@@ -70,12 +70,12 @@ demo-reference: setup ## moa compress on the reference model (influence and abla
 	@cat runs/demo-reference/report.md runs/demo-reference-ablation/report.md
 
 # $(call sharded_retrieval,ARGS,OUT): `moa eval retrieval ARGS` (ARGS ends with --out OUT) as EVAL_SHARDS processes of one
-# thread, each measuring its share of the cells (`--shard K/N`; logs OUT/shard-K.log), then the run that reads them all back
+# thread, each measuring its share of the cells (`--shard K/N`; logs appended to OUT/shard-K.log), then the run that reads them all back
 # and writes the tables.
 EVAL_SHARDS ?= 2
 define sharded_retrieval
 mkdir -p $(2); set -e; pids=; k=0; while [ $$k -lt $(EVAL_SHARDS) ]; do \
-	OMP_NUM_THREADS=1 $(BIN)/moa eval retrieval $(1) --shard $$k/$(EVAL_SHARDS) > $(2)/shard-$$k.log 2>&1 & \
+	OMP_NUM_THREADS=1 $(BIN)/moa eval retrieval $(1) --shard $$k/$(EVAL_SHARDS) >> $(2)/shard-$$k.log 2>&1 & \
 	pids="$$pids $$!"; k=$$((k + 1)); done; \
 for pid in $$pids; do wait $$pid; done; \
 OMP_NUM_THREADS=1 $(BIN)/moa eval retrieval $(1)

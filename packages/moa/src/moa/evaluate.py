@@ -258,6 +258,7 @@ class CellStore:
         and written at once, with those of ``path``, to ``path``."""
         self.path, self.settings = path, json.loads(json.dumps(dict(settings), sort_keys=True, default=str))
         self.cells: dict[str, list[dict[str, Any]]] = {}
+        merged = False
         for source in [path, *merge]:
             if not source.is_file():
                 continue
@@ -267,9 +268,10 @@ class CellStore:
                 data = {}
             if isinstance(data, dict) and data.get("settings") == self.settings:
                 self.cells.update(data.get("cells", {}))
+                merged = merged or source != path
             else:
                 logger.warning("ignoring %s: it was written by a run with other settings", source)
-        if any(source.is_file() for source in merge) and self.cells:
+        if merged:
             self._write()
 
     @staticmethod
