@@ -85,8 +85,9 @@ EXPERIMENT_OUT ?= runs/experiment
 # The gate-statistic table of RESULTS.md on SmolLM2: 64 calibration prompts (16 each of facts, quotes, items, codes;
 # reference answers) at 1024 and at 2048, gates trained 240 steps at each length, shaped by the influence of the first
 # 16 prompts of the same length, MoA at 50% and 25% (constrained at 1024, 2048 and 8x 2048), NIAH and passkey at
-# 1k/2k/4k beside dense and uniform windows (two one-thread shards). Roughly 2 h 30 min on 2 cores (estimated from its commands' times,
-# RESULTS.md; not run as one target; its 1024 gate training, rerun alone, gives the committed gates within 1e-5).
+# 1k/2k/4k beside dense and uniform windows (two one-thread shards). About 1 h 40 min on 2 cores, estimated from its
+# commands' times (RESULTS.md, twenty-sixth session: gate steps of 4.7 s at 1024 and 11.2 s at 2048 on two threads);
+# not run as one target. Its 1024 gate training, rerun alone, gives the committed gates within 2e-6.
 EXPERIMENT_CALIB := --model models/smollm2-135m-instruct --task facts,quotes,items,codes \
 	--max-new-tokens 8 --template plain --seed 3 --answers reference --quiet
 EXPERIMENT_GRID := --extend 8x --alphas 0,128 --betas 0,0.125,0.25,0.375,0.5,0.625,0.75,0.875,1 --threads 1
@@ -95,7 +96,7 @@ EXPERIMENT_GATE := --model models/smollm2-135m-instruct --quiet --statistic gate
 EXPERIMENT_EVAL = --model models/smollm2-135m-instruct --plan dense --plan uniform:0.5 --plan uniform:0.25 \
 	--plan moa-0.5=$(EXPERIMENT_OUT)/gate-0.5/plan_00.json --plan moa-0.25=$(EXPERIMENT_OUT)/gate-0.25/plan_00.json \
 	--tasks niah,passkey-en --lengths 1024,2048,4096 --samples 10 --out $(EXPERIMENT_OUT)/eval
-experiment: assets ## The SmolLM2 gate-statistic table of RESULTS.md (MoA vs dense and uniform at 1k-4k; ~2.5 h on 2 cores, estimated)
+experiment: assets ## The SmolLM2 gate-statistic table of RESULTS.md (MoA vs dense and uniform at 1k-4k; ~1 h 40 min on 2 cores, estimated)
 	for n in 1024 2048; do \
 		$(BIN)/moa calibrate $(EXPERIMENT_CALIB) --lengths $$n --num-samples 4 \
 			--out $(EXPERIMENT_OUT)/ref16-$$n/calibration.parquet && \
@@ -118,15 +119,15 @@ TABLE_OUT ?= runs/table-smollm2
 # The README's results table with the committed plans: dense, uniform, MoA, per-layer and DuoAttention-style at 50% and
 # 25%, NIAH + passkey at 1k-8k, 10 depths each. Its cells are split over EVAL_SHARDS processes of one thread each
 # (`--shard K/N`, one per core), then one run without --shard reads every cell back and writes the tables. Resumable:
-# finished cells are kept in TABLE_OUT. Its cells were measured in pieces before (35 min per budget at 1k-4k, 74 min for
-# the baselines at 6k + 8k on two processes): about 5 h of one thread, estimated, never run as one piece.
+# finished cells are kept in TABLE_OUT. Measured: 3 h 32 min on 2 cores (run in three parts, resumed; the last 27 min
+# with one shard left), every one of its 100 cells equal to the earlier measurements (RESULTS.md, twenty-sixth session).
 TABLE_ARGS = --model models/smollm2-135m-instruct --plan dense --plan uniform:0.5 --plan uniform:0.25 \
 	--plan moa-50=$(SMOL_PLANS)/moa-gate64-1k2k-reference-0.5.json --plan moa-25=$(SMOL_PLANS)/moa-gate64-1k2k-reference-0.25.json \
 	--plan moa-mix-50=$(SMOL_PLANS)/moa-gate64-mix-1k2k-reference-0.5.json \
 	--plan layer-50=$(SMOL_PLANS)/layer-gate64-1k2k-reference-0.5.json --plan layer-25=$(SMOL_PLANS)/layer-gate64-1k2k-reference-0.25.json \
 	--plan duo-50=$(SMOL_PLANS)/duo-gate64-1k2k-reference-0.5.json --plan duo-25=$(SMOL_PLANS)/duo-gate64-1k2k-reference-0.25.json \
 	--tasks niah,passkey-en --lengths 1024,2048,4096,6144,8192 --samples 10
-table-smollm2: assets ## The README results table from the committed SmolLM2 plans at 1k-8k (~5 h of one thread, split over 2 processes; estimated)
+table-smollm2: assets ## The README results table from the committed SmolLM2 plans at 1k-8k (3 h 32 min on 2 cores, measured)
 	$(call sharded_retrieval,$(TABLE_ARGS) --out $(TABLE_OUT),$(TABLE_OUT))
 
 PLANS_OUT ?= runs/plans-smollm2

@@ -33,6 +33,7 @@ __all__ = [
     "PROFILE_ATTENTION",
     "LayerRecord",
     "Recorder",
+    "cut_attention",
     "gating",
     "masking",
     "profiling_attention",
@@ -197,8 +198,7 @@ def profiling_attention(
         bad = [kv for kv, _, _ in cuts if not 0 <= kv < kv_heads]
         if bad:
             raise ProfilerError(f"layer {layer} has {kv_heads} KV heads, no KV head {bad[0]}")
-        mask = _span_mask(length, heads, group, cuts, query.device)
-        out = F.scaled_dot_product_attention(query, k, v, attn_mask=mask, scale=scale)
+        out = _masked(query, k, v, scale, cuts, kv_heads, group)
     else:
         out = F.scaled_dot_product_attention(query, k, v, is_causal=length > 1, scale=scale)
     out = out.transpose(1, 2).contiguous()
@@ -232,10 +232,87 @@ def _gated(
     full = F.scaled_dot_product_attention(query, k, v, is_causal=length > 1, scale=scale)
     if length <= sink + window:
         return full  # the cut sees every key: both outputs are the same
-    mask = _span_mask(length, 1, 1, [(0, window, sink)], query.device)  # every head is cut alike: one broadcast mask
-    cut = F.scaled_dot_product_attention(query, k, v, attn_mask=mask, scale=scale)
+    cut = cut_attention(query, k, v, scale, window, sink)
     g = gates[int(layer)].to(device=query.device, dtype=query.dtype).repeat_interleave(group)[None, :, None, None]
     return cut + g * (full - cut)
+
+
+def _masked(
+    query: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    cuts: list[tuple[int, int, int]],
+    kv_heads: int,
+    group: int,
+) -> torch.Tensor:
+    """``[B, HQ, T, D]``: causal attention, with each cut ``(kv_head, window, sink)``'s query group cut to its span.
+
+    Nested cuts of one KV head add up (a key is kept only if every cut keeps it), so a head cut twice gets
+    the span mask of DESIGN.md of each cut combined.
+    """
+    length = query.shape[2]
+    if any(sum(1 for kv, _, _ in cuts if kv == h) > 1 for h in range(kv_heads)):
+        mask = _span_mask(length, query.shape[1], group, cuts, query.device)
+        return F.scaled_dot_product_attention(query, k, v, attn_mask=mask, scale=scale)
+    by_head = {kv: (window, sink) for kv, window, sink in cuts}
+    parts: list[torch.Tensor] = []
+    start = 0
+    for h in range(kv_heads + 1):  # runs of uncut heads in one causal call, each cut head on its own
+        if h < kv_heads and h not in by_head:
+            continue
+        if h > start:
+            rows = slice(start * group, h * group)
+            causal = F.scaled_dot_product_attention(
+                query[:, rows], k[:, rows], v[:, rows], is_causal=length > 1, scale=scale
+            )
+            parts.append(causal)
+        if h < kv_heads:
+            rows = slice(h * group, (h + 1) * group)
+            parts.append(cut_attention(query[:, rows], k[:, rows], v[:, rows], scale, *by_head[h]))
+        start = h + 1
+    return torch.cat(parts, dim=1)
+
+
+def cut_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, window: int, sink: int
+) -> torch.Tensor:
+    """``[B, H, T, D]`` attention in which query i sees key j iff ``j <= i`` and (``j < sink`` or ``i - j < window``).
+
+    The span mask of DESIGN.md, computed in ``O(T (sink + 2 window))`` rather than ``O(T^2)`` when the window
+    is short: the queries are cut into blocks of ``window``, and each block attends only to the sink, the
+    block before it and itself (a key both in the sink and in the window counts once). Long windows take
+    one masked attention over every key. Keys and values have as many heads as the queries (repeated over
+    GQA groups by the caller).
+    """
+    batch, heads, length, dim = query.shape
+    if length <= sink + window:
+        return F.scaled_dot_product_attention(query, key, value, is_causal=length > 1, scale=scale)
+    if sink + 2 * window >= length // 2:
+        mask = _span_mask(length, 1, 1, [(0, window, sink)], query.device)
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
+    w, blocks = window, -(-length // window)
+    pad = blocks * w - length
+    q = F.pad(query, (0, 0, 0, pad)).reshape(batch, heads * blocks, w, dim)
+    # One block of padding in front: block b of the padded keys is the block before query block b.
+    kb = F.pad(key, (0, 0, w, pad)).view(batch, heads, blocks + 1, w, dim)
+    vb = F.pad(value, (0, 0, w, pad)).view(batch, heads, blocks + 1, w, dim)
+    keys = torch.cat([kb[:, :, :-1], kb[:, :, 1:]], dim=3)
+    values = torch.cat([vb[:, :, :-1], vb[:, :, 1:]], dim=3)
+    device = query.device
+    i = (torch.arange(blocks, device=device)[:, None] * w + torch.arange(w, device=device)[None, :])[:, :, None]
+    j = (torch.arange(blocks, device=device)[:, None] * w - w + torch.arange(2 * w, device=device)[None, :])[:, None, :]
+    mask = (j >= 0) & (j <= i) & (i - j < w)  # [blocks, w, 2w]: the window
+    if sink:
+        keys = torch.cat([key[:, :, None, :sink].expand(batch, heads, blocks, sink, dim), keys], dim=3)
+        values = torch.cat([value[:, :, None, :sink].expand(batch, heads, blocks, sink, dim), values], dim=3)
+        js = torch.arange(sink, device=device)[None, None, :]
+        mask = torch.cat([(js <= i) & (i - js >= w), mask], dim=-1)  # a sink key inside the window is kept there
+    n = keys.shape[3]
+    mask = mask[None].expand(heads, blocks, w, n).reshape(1, heads * blocks, w, n)
+    keys, values = keys.reshape(batch, heads * blocks, n, dim), values.reshape(batch, heads * blocks, n, dim)
+    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
+    return out.view(batch, heads, blocks * w, dim)[:, :, :length]
 
 
 def register_profiling_attention() -> str:
