@@ -252,25 +252,18 @@ def _masked(
     the span mask of DESIGN.md of each cut combined.
     """
     length = query.shape[2]
-    if any(sum(1 for kv, _, _ in cuts if kv == h) > 1 for h in range(kv_heads)):
+    by_head = {kv: (window, sink) for kv, window, sink in cuts}
+    if len(by_head) < len(cuts):  # a head cut twice: one mask holds every cut
         mask = _span_mask(length, query.shape[1], group, cuts, query.device)
         return F.scaled_dot_product_attention(query, k, v, attn_mask=mask, scale=scale)
-    by_head = {kv: (window, sink) for kv, window, sink in cuts}
-    parts: list[torch.Tensor] = []
-    start = 0
-    for h in range(kv_heads + 1):  # runs of uncut heads in one causal call, each cut head on its own
-        if h < kv_heads and h not in by_head:
-            continue
-        if h > start:
-            rows = slice(start * group, h * group)
-            causal = F.scaled_dot_product_attention(
-                query[:, rows], k[:, rows], v[:, rows], is_causal=length > 1, scale=scale
-            )
-            parts.append(causal)
-        if h < kv_heads:
-            rows = slice(h * group, (h + 1) * group)
-            parts.append(cut_attention(query[:, rows], k[:, rows], v[:, rows], scale, *by_head[h]))
-        start = h + 1
+    parts = []
+    for h in range(kv_heads):
+        rows = slice(h * group, (h + 1) * group)
+        q_h, k_h, v_h = query[:, rows], k[:, rows], v[:, rows]
+        if h in by_head:
+            parts.append(cut_attention(q_h, k_h, v_h, scale, *by_head[h]))
+        else:
+            parts.append(F.scaled_dot_product_attention(q_h, k_h, v_h, is_causal=length > 1, scale=scale))
     return torch.cat(parts, dim=1)
 
 
