@@ -20,7 +20,8 @@ class OptimizeConfig:
         max_rules_per_layer: At most this many distinct rules per layer (None: no limit).
         time_limit: Seconds per integer-program solve (None: until optimal).
         backend: ``cp-sat`` or a MIP solver (``scip`` or ``cbc``).
-        threads: Solver threads.
+        threads: CP-SAT workers (1: the same inputs give the same plan; more: faster on large
+            programs, not reproducible).
         pareto: Search the Pareto front over the profiled lengths (False: one solve).
         objective_length: The profiled length minimised by a single solve, and the primary
             objective of the Pareto search (None: the longest).
@@ -40,7 +41,7 @@ class OptimizeConfig:
     max_rules_per_layer: int | None = 2
     time_limit: float | None = 10.0
     backend: str = "cp-sat"
-    threads: int = 2
+    threads: int = 1
     pareto: bool = True
     objective_length: int | None = None
     points: int = 5

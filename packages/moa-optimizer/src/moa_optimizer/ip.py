@@ -9,7 +9,8 @@
 
 `solve` is a pure function (arrays in, a `Solution` out). Column generation (`colgen`) gives a
 lower bound at least as strong as the LP relaxation and a warm start; CP-SAT (default) or a MIP
-solver then closes the gap under a time limit in seconds. The best feasible solution found is
+solver then closes the gap under a time limit in seconds (CP-SAT: deterministic seconds, so the
+same inputs give the same plan; see `moa_optimizer.cpsat`). The best feasible solution found is
 always kept, with its gap.
 """
 
@@ -26,6 +27,7 @@ from ortools.linear_solver import pywraplp
 from ortools.sat.python import cp_model
 
 from moa_optimizer.colgen import column_generation
+from moa_optimizer.cpsat import deterministic_solver, reproducible
 from moa_optimizer.errors import InfeasibleBudgetError, OptimizerError
 from moa_optimizer.heuristics import two_rule_plan
 from moa_optimizer.lp import solve_lp
@@ -49,8 +51,12 @@ class SolverOptions:
 
     Attributes:
         backend: ``cp-sat`` (default) or a MIP solver: ``scip`` or ``cbc``.
-        time_limit: Seconds per solve (None: until proven optimal).
-        threads: Solver threads.
+        time_limit: Seconds per solve (None: until proven optimal). CP-SAT counts them in its
+            deterministic seconds (about one second each on a quiet machine), so the same inputs
+            and options give the same plan with one thread; a wall-clock guard of 4x stops a
+            runaway solve.
+        threads: CP-SAT workers. One (the default) is reproducible; more search faster on large
+            programs but may return another plan of equal or near-equal loss each run.
         use_lp: Run column generation (LP master + exact pricing) first for a bound and a warm start.
         seed: Solver random seed.
         relative_gap: Stop when the proven relative gap is at most this.
@@ -58,7 +64,7 @@ class SolverOptions:
 
     backend: str = "cp-sat"
     time_limit: float | None = 10.0
-    threads: int = 2
+    threads: int = 1
     use_lp: bool = True
     seed: int = 0
     relative_gap: float = 1e-6
@@ -79,6 +85,9 @@ class Solution:
         seconds: Wall time of the whole solve.
         lp_bound: The column-generation (Dantzig-Wolfe) bound, or the LP bound for K >= 3, or None.
         scaling_error: Largest possible difference between CP-SAT's integer objective and the float loss.
+        reproducible: False when the same command may return another plan: several CP-SAT
+            workers, a MIP backend stopped by its (wall-clock) limit, or a wall-clock guard that
+            ended a phase before its deterministic limit or a proof.
     """
 
     choice: npt.NDArray[np.int64]
@@ -91,6 +100,7 @@ class Solution:
     seconds: float
     lp_bound: float | None
     scaling_error: float
+    reproducible: bool = True
 
     @property
     def value(self) -> float:
@@ -158,11 +168,23 @@ def solve(
         candidates.append(pair)
     bound = -math.inf
     lp_bound: float | None = None
+    cg_limit: float | None = None
+    reproducible = True
     if opts.use_lp:
         # Leave half the time to the exact phase when its model is quick to build, else most to colgen.
         share = 0.5 if opts.time_limit is None or 4 * _build_seconds(problem) < opts.time_limit else 0.85
         cg_limit = None if opts.time_limit is None else share * opts.time_limit
-        cg = column_generation(problem, objective, constraints, budget, candidates, time_limit=cg_limit)
+        cg = column_generation(
+            problem,
+            objective,
+            constraints,
+            budget,
+            candidates,
+            time_limit=cg_limit,
+            threads=opts.threads,
+            seed=opts.seed,
+        )
+        reproducible = reproducible and not cg.wall_stopped
         if cg.choice is not None and _feasible(problem, constraints, budget, cg.choice):
             candidates.append(cg.choice)
         bound = cg.bound
@@ -176,16 +198,18 @@ def solve(
     best = _best(problem, objective, candidates)
     best_value = math.inf if best is None else float(evaluate(problem, best)[0][objective])
     used, proven = "colgen", False
-    remaining = None if opts.time_limit is None else opts.time_limit - _elapsed(start)
-    # Building the full model costs about 20 us per variable; skip the exact phase if that alone
-    # would overrun the time limit (a plan is already in hand).
+    # The exact phase gets what column generation's share leaves, decided from the options and the
+    # problem's size, never from the clock (so the same inputs take the same path). Building the
+    # full model costs about 20 us per variable; skip the phase if that alone would overrun it.
+    remaining = None if opts.time_limit is None else opts.time_limit - (cg_limit or 0.0)
     too_late = best is not None and remaining is not None and remaining < 2 * _build_seconds(problem)
     if (best is None or _gap(best_value, bound) > opts.relative_gap) and not too_late:
         remaining = None if remaining is None else max(0.1, remaining)
         run = _solve_cpsat if opts.backend == "cp-sat" else _solve_mip
-        choice, solver_bound, solver_proven, scaling_error = run(
+        choice, solver_bound, solver_proven, scaling_error, wall = run(
             problem, objective, constraints, budget, opts, remaining, best
         )
+        reproducible = reproducible and not wall
         bound = max(bound, solver_bound)
         if choice is not None and _feasible(problem, constraints, budget, choice):
             value = float(evaluate(problem, choice)[0][objective])
@@ -211,6 +235,7 @@ def solve(
         seconds=time.perf_counter() - start,
         lp_bound=lp_bound,
         scaling_error=scaling_error,
+        reproducible=reproducible,
     )
 
 
@@ -242,7 +267,8 @@ def _infeasible(problem: Problem, constraints: Constraints) -> str:
     return text
 
 
-_Result = tuple[npt.NDArray[np.int64] | None, float, bool, float]
+# Choice, proven bound, proven optimal, scaling error, may not reproduce.
+_Result = tuple[npt.NDArray[np.int64] | None, float, bool, float, bool]
 
 
 def _scaled(values: npt.NDArray[np.float64], scale: float) -> list[int]:
@@ -259,7 +285,6 @@ def _solve_cpsat(
     hint: npt.NDArray[np.int64] | None,
     allowed: npt.NDArray[np.bool_] | None = None,
 ) -> _Result:
-    built = time.perf_counter()
     L, H, R = problem.shape
     model = cp_model.CpModel()
     zero = model.new_constant(0)
@@ -302,27 +327,22 @@ def _solve_cpsat(
                 base = (layer * H + head) * R
                 for r in layer_rules[layer]:
                     model.add_hint(x[base + r], r == hint[layer, head])
-    solver = cp_model.CpSolver()
-    solver.parameters.num_workers = max(1, opts.threads)
-    solver.parameters.random_seed = opts.seed
+    solver = deterministic_solver(opts.threads, opts.seed, time_limit)
     solver.parameters.relative_gap_limit = opts.relative_gap
-    # Set-inclusion presolve takes seconds on ~50k literals and can eat the whole time limit.
-    solver.parameters.presolve_inclusion_work_limit = 0
-    if time_limit is not None:
-        # The limit covers building the model too.
-        solver.parameters.max_time_in_seconds = max(0.05, float(time_limit) - (time.perf_counter() - built))
     status = solver.solve(model)
+    wall = not reproducible(solver, status)
     scaling_error = 0.5 * L * H / scales[objective]
     if status == cp_model.INFEASIBLE:
-        return None, -math.inf, True, scaling_error
+        return None, -math.inf, True, scaling_error, wall
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return None, -math.inf, False, scaling_error
+        return None, -math.inf, False, scaling_error, wall
     values = np.array([solver.boolean_value(v) for v in x], dtype=bool).reshape(L, H, R)
     if allowed is not None:
         # A restricted solve proves nothing about the full program.
-        return values.argmax(axis=-1).astype(np.int64), -math.inf, False, float(scaling_error)
+        return values.argmax(axis=-1).astype(np.int64), -math.inf, False, float(scaling_error), wall
     bound = solver.best_objective_bound / scales[objective] - scaling_error
-    return values.argmax(axis=-1).astype(np.int64), float(bound), status == cp_model.OPTIMAL, float(scaling_error)
+    optimal = status == cp_model.OPTIMAL
+    return values.argmax(axis=-1).astype(np.int64), float(bound), optimal, float(scaling_error), wall
 
 
 def _solve_mip(
@@ -384,9 +404,11 @@ def _solve_mip(
     params = pywraplp.MPSolverParameters()
     params.SetDoubleParam(pywraplp.MPSolverParameters.RELATIVE_MIP_GAP, opts.relative_gap)
     status = solver.Solve(params)
+    # SCIP and CBC only know wall-clock limits: a solve they do not prove may not reproduce.
     if status == pywraplp.Solver.INFEASIBLE:
-        return None, -math.inf, True, 0.0
+        return None, -math.inf, True, 0.0, False
     if status not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
-        return None, -math.inf, False, 0.0
+        return None, -math.inf, False, 0.0, time_limit is not None
     values = np.array([v.solution_value() for v in x]).reshape(L, H, R)
-    return values.argmax(axis=-1).astype(np.int64), float(obj.BestBound()), status == pywraplp.Solver.OPTIMAL, 0.0
+    optimal = status == pywraplp.Solver.OPTIMAL
+    return values.argmax(axis=-1).astype(np.int64), float(obj.BestBound()), optimal, 0.0, not optimal
