@@ -70,8 +70,8 @@ demo-reference: setup ## moa compress on the reference model (influence and abla
 	@cat runs/demo-reference/report.md runs/demo-reference-ablation/report.md
 
 # $(call sharded_retrieval,ARGS,OUT): `moa eval retrieval ARGS` (ARGS ends with --out OUT) as EVAL_SHARDS processes of one
-# thread, each measuring its share of the cells (`--shard K/N`; logs appended to OUT/shard-K.log), then the run that reads them all back
-# and writes the tables.
+# thread, each taking the next cell no other has claimed, longest prompts first (`--shard K/N`; logs appended to OUT/shard-K.log),
+# then the run that reads them all back and writes the tables.
 EVAL_SHARDS ?= 2
 define sharded_retrieval
 mkdir -p $(2); set -e; pids=; k=0; while [ $$k -lt $(EVAL_SHARDS) ]; do \
@@ -117,10 +117,11 @@ experiment: assets ## The SmolLM2 gate-statistic table of RESULTS.md (MoA vs den
 SMOL_PLANS := plans/smollm2-135m-instruct
 TABLE_OUT ?= runs/table-smollm2
 # The README's results table with the committed plans: dense, uniform, MoA, per-layer and DuoAttention-style at 50% and
-# 25%, NIAH + passkey at 1k-8k, 10 depths each. Its cells are split over EVAL_SHARDS processes of one thread each
-# (`--shard K/N`, one per core), then one run without --shard reads every cell back and writes the tables. Resumable:
-# finished cells are kept in TABLE_OUT. Measured: 3 h 32 min on 2 cores (run in three parts, resumed; the last 27 min
-# with one shard left), every one of its 100 cells equal to the earlier measurements (RESULTS.md, twenty-sixth session).
+# 25%, NIAH + passkey at 1k-8k, 10 depths each. Its cells are shared by EVAL_SHARDS processes of one thread each
+# (`--shard K/N`, one per core, each claiming the next free cell), then one run without --shard reads every cell back and
+# writes the tables. Resumable: finished cells are kept in TABLE_OUT. Measured: 3 h 32 min on 2 cores (run in three parts,
+# resumed; the last 27 min with one shard left, under the old split by index), every one of its 100 cells equal to the
+# earlier measurements (RESULTS.md, twenty-sixth session).
 TABLE_ARGS = --model models/smollm2-135m-instruct --plan dense --plan uniform:0.5 --plan uniform:0.25 \
 	--plan moa-50=$(SMOL_PLANS)/moa-gate64-1k2k-reference-0.5.json --plan moa-25=$(SMOL_PLANS)/moa-gate64-1k2k-reference-0.25.json \
 	--plan moa-mix-50=$(SMOL_PLANS)/moa-gate64-mix-1k2k-reference-0.5.json \

@@ -138,31 +138,79 @@ def test_cli_retrieval_english_end_to_end(essays_dir: Path, tmp_path: Path) -> N
     assert again.stderr.count("read back from") == 8
 
 
+def _shard_common(essays_dir: Path) -> list[object]:
+    return ["eval", "retrieval", "--model", REFERENCE, "--tasks", "niah", "--lengths", "160,256", "--samples", "5",
+            "--plan", "dense", "--plan", "uniform:0.5", "--plan", "window:64", "--essays", essays_dir]  # fmt: skip
+
+
+def _rows_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (r["plan"], r["length"], r["decile"])
+
+
 @needs_reference
 def test_cli_retrieval_shards_share_one_run(essays_dir: Path, tmp_path: Path) -> None:
-    """Two `--shard` processes measure disjoint cells; the run without --shard reads them back: the rows of one run."""
-    common = ["eval", "retrieval", "--model", REFERENCE, "--tasks", "niah", "--lengths", "160,256", "--samples", "5",
-              "--plan", "dense", "--plan", "uniform:0.5", "--plan", "window:64", "--essays", essays_dir]  # fmt: skip
+    """Two `--shard` processes at once measure disjoint cells; the run without --shard reads them back: the rows of one run."""
+    import subprocess
+    import sys
+
+    common = _shard_common(essays_dir)
     oracle = _invoke(*common, "--out", tmp_path / "whole", "--json")
     assert oracle.exit_code == 0, oracle.output
     whole = json.loads(oracle.stdout)["rows"]
     out = tmp_path / "sharded"
+    code = "import sys; from moa_plan.cli import main; sys.exit(main())"
+    args = [sys.executable, "-c", code, *map(str, common), "--out", str(out), "--json", "--shard"]
+    procs = [
+        subprocess.Popen([*args, f"{k}/2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in (0, 1)
+    ]
     measured: list[set[tuple[str, int]]] = []
-    for k in (0, 1):
-        shard = _invoke(*common, "--out", out, "--shard", f"{k}/2", "--json")
-        assert shard.exit_code == 0, shard.output
-        measured.append({(r["plan"], r["length"]) for r in json.loads(shard.stdout)["rows"]})
-        assert (out / f"retrieval.cells.shard-{k}-of-2.json").is_file() and not (out / "retrieval.md").exists()
-    # Cells 0, 2, 4 and 1, 3, 5 of the (length, plan) order: disjoint, together all six.
-    assert measured[0] == {("dense", 160), ("window-64", 160), ("uniform-0.5", 256)}
+    for k, proc in enumerate(procs):
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr
+        measured.append({(r["plan"], r["length"]) for r in json.loads(stdout)["rows"]})
+        assert (out / f"retrieval.cells.shard-{k}-of-2.json").is_file() or not measured[k]
+    assert not (out / "retrieval.md").exists()
     assert measured[0].isdisjoint(measured[1]) and len(measured[0] | measured[1]) == 6
     merged = _invoke(*common, "--out", out, "--json")
     assert merged.exit_code == 0, merged.output
     assert merged.stderr.count("read back from") == 6
-    key = lambda r: (r["plan"], r["length"], r["decile"])  # noqa: E731
-    assert sorted(json.loads(merged.stdout)["rows"], key=key) == sorted(whole, key=key)
+    assert sorted(json.loads(merged.stdout)["rows"], key=_rows_key) == sorted(whole, key=_rows_key)
     assert (out / "retrieval.md").is_file()
     assert len(json.loads((out / "retrieval.cells.json").read_text())["cells"]) == 6
+
+
+@needs_reference
+def test_cli_retrieval_shard_takes_every_unclaimed_cell_longest_first(essays_dir: Path, tmp_path: Path) -> None:
+    """Shares are not fixed in advance: a shard alone takes every cell, the longest prompts first; the next has none."""
+    common, out = _shard_common(essays_dir), tmp_path / "out"
+    first = _invoke(*common, "--out", out, "--shard", "0/2", "--json")
+    assert first.exit_code == 0, first.output
+    order = [line.split()[2] for line in first.stderr.splitlines() if " N=" in line]
+    assert order == ["N=256"] * 3 + ["N=160"] * 3
+    second = _invoke(*common, "--out", out, "--shard", "1/2", "--json")
+    assert second.exit_code == 0 and json.loads(second.stdout)["rows"] == []
+    assert len(json.loads((out / "retrieval.cells.shard-0-of-2.json").read_text())["cells"]) == 6
+
+
+def test_cell_claims_one_owner_and_takeover_of_a_dead_claim(tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    a, b = evaluate.CellClaims(tmp_path), evaluate.CellClaims(tmp_path)
+    b.me = f"{socket.gethostname()} {os.getppid()}"  # another process on this host, alive
+    assert a.claim("x") and not b.claim("x")
+    a.done("x")
+    assert not b.claim("x")
+    # A claim left running by a process that has exited is taken over; one held by a live process is not.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    a.me = f"{socket.gethostname()} {int(dead.stdout)}"
+    assert a.claim("y")
+    assert b.claim("y") and not a.claim("y")
+    # A claim from another host cannot be checked, so it is left alone.
+    a.me = f"elsewhere-{socket.gethostname()} 1"
+    assert a.claim("z") and not b.claim("z")
 
 
 @pytest.mark.parametrize("shard", ["2/2", "-1/2", "1/0", "half", "1/2/3"])
@@ -171,11 +219,6 @@ def test_cli_retrieval_rejects_a_shard_that_does_not_exist(shard: str, tmp_path:
                                        "--out", str(tmp_path / "out"), "--shard", shard])  # fmt: skip
     assert result.exit_code == 2 and "--shard" in result.output, result.output
     assert "Traceback" not in result.output and not (tmp_path / "out").exists()
-
-
-def test_retrieval_eval_rejects_a_shard_out_of_range() -> None:
-    with pytest.raises(evaluate.MoaError, match="shard 3 of 2"):
-        retrieval_eval(None, None, [], tasks=["niah"], lengths=[64], samples=1, shard=(3, 2))
 
 
 @needs_reference

@@ -81,9 +81,11 @@ def eval_group() -> None:
 @click.option(
     "--shard",
     metavar="K/N",
-    help="Measure only every N-th (task, length, plan) cell from cell K (0 <= K < N) and keep them in "
-    "OUT/retrieval.cells.shard-K-of-N.json, so that N processes share one run (e.g. OMP_NUM_THREADS=1, one per "
-    "core); the same command without --shard then reads every shard's cells back and writes the tables.",
+    help="Share the run with N - 1 other processes started with the same command and --shard J/N (0 <= K < N; "
+    "e.g. OMP_NUM_THREADS=1, one per core): each takes the next (task, length, plan) cell no process has claimed, "
+    "longest prompts first (claims in OUT/retrieval.claims/), and keeps its cells in "
+    "OUT/retrieval.cells.shard-K-of-N.json; the same command without --shard then reads every shard's cells back, "
+    "measures any cell still missing, and writes the tables.",
 )
 @click.option("--json", "as_json", is_flag=True)
 def retrieval(
@@ -103,6 +105,7 @@ def retrieval(
 ) -> None:
     """Retrieval accuracy by depth x length, per plan: toy tasks and NIAH / passkey / LongEval lines in English."""
     from moa.evaluate import (
+        CellClaims,
         CellStore,
         effective_context,
         effective_context_table,
@@ -131,8 +134,11 @@ def retrieval(
         "model": str(model_path.resolve()), "samples": samples, "seed": seed, "form": form,
         "max_new_tokens": max_new_tokens, "essays": essay_digest,
     }  # fmt: skip
+    claims = None
     if shard_count > 1:
         store = CellStore(out / f"retrieval.cells.shard-{shard_index}-of-{shard_count}.json", settings)
+        digest = hashlib.sha256(json.dumps(store.settings, sort_keys=True).encode()).hexdigest()[:16]
+        claims = CellClaims(out / "retrieval.claims" / digest)
     else:
         store = CellStore(
             out / "retrieval.cells.json", settings, merge=sorted(out.glob("retrieval.cells.shard-*.json"))
@@ -151,7 +157,7 @@ def retrieval(
         essays=essays,
         progress=_echo_err,
         store=store,
-        shard=(shard_index, shard_count),
+        claims=claims,
     )
     if shard_count > 1:
         cells = len({(r["plan"], r["task"], r["length"]) for r in rows})

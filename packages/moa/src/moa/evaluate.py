@@ -10,6 +10,8 @@ import hashlib
 import json
 import logging
 import math
+import os
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,6 +295,67 @@ class CellStore:
         atomic_write_text(self.path, json.dumps({"settings": self.settings, "cells": self.cells}))
 
 
+class CellClaims:
+    """Which of several processes sharing one retrieval run (`--shard K/N`) measures which cell.
+
+    Each process walks the same cells, longest prompts first; the first to create a cell's claim
+    file (``O_EXCL``, atomic on a local file system) measures it, the others move on. So a process
+    that finishes its cell early takes the next one instead of waiting on a share fixed in advance
+    (the static split by index left one of two cores idle for the last 27 min of a 3.5 h table).
+    A claim records its host and process id, and ``done`` once the cell is kept; a claim whose
+    process has died unfinished (a killed run, resumed) is taken over. The run without ``--shard``
+    reads every shard's cells back and measures any cell still missing itself.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.me = f"{socket.gethostname()} {os.getpid()}"
+
+    def _path(self, key: str) -> Path:
+        return self.dir / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.claim"
+
+    def claim(self, key: str) -> bool:
+        """True if this process should measure the cell (it now holds the claim)."""
+        path = self._path(key)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return self._take_over(path)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{self.me} running")
+        return True
+
+    def done(self, key: str) -> None:
+        """Mark the cell kept, so that no later process takes its claim over."""
+        from moa_plan import atomic_write_text
+
+        atomic_write_text(self._path(key), f"{self.me} done")
+
+    def _take_over(self, path: Path) -> bool:
+        from moa_plan import atomic_write_text
+
+        try:
+            host, pid, state = path.read_text(encoding="utf-8").split()
+        except (OSError, ValueError):
+            return False  # being written right now by the process that created it
+        if state == "done" or host != socket.gethostname() or f"{host} {pid}" == self.me or _alive(int(pid)):
+            return False
+        logger.info("taking over %s from process %s, which stopped before finishing it", path.name, pid)
+        atomic_write_text(path, f"{self.me} running")
+        return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def retrieval_eval(
     model: Any,
     tokenizer: Any,
@@ -308,7 +371,7 @@ def retrieval_eval(
     essays: Mapping[str, str] | None = None,
     progress: Callable[[str], None] | None = None,
     store: CellStore | None = None,
-    shard: tuple[int, int] = (0, 1),
+    claims: CellClaims | None = None,
 ) -> list[dict[str, Any]]:
     """Greedy accuracy of each plan on each task, length and depth decile.
 
@@ -326,9 +389,10 @@ def retrieval_eval(
             assets cache.
         store: Finished cells to read back instead of measuring, and where each new cell is kept
             (`CellStore`); the caller makes its settings match these arguments.
-        shard: ``(k, n)``: only the cells k, k + n, k + 2n, ... of the (task, length, plan) order, so that
-            n processes with the same arguments, each with its own store, share one run; a run with
-            ``(0, 1)`` and the n stores merged (`CellStore` ``merge``) then reads them all back.
+        claims: Share the run with other processes (`CellClaims`): cells are taken longest prompt first,
+            each measured by the process that claims it, and kept in this process's own store; a run
+            without claims and the stores merged (`CellStore` ``merge``) then reads them all back.
+            Rows come back only for the cells this process measured or read back.
 
     Returns:
         Rows ``plan, task, form, length, decile, depth_percent, correct, total, accuracy, score,
@@ -349,48 +413,49 @@ def retrieval_eval(
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False).input_ids)
 
-    index, parts = shard
-    if not 0 <= index < parts:
-        raise MoaError(f"shard {index} of {parts} does not exist; expected 0 <= k < n")
-    rows, first = [], 0
-    for task in tasks:
+    groups = [(task, length) for task in tasks for length in lengths]
+    if claims is not None:
+        # Longest prompts first: the last cells left to share out are then the short ones.
+        groups.sort(key=lambda group: -group[1])
+    rows = []
+    for task, length in groups:
         english = task in RETRIEVAL_TASKS
         task_form = (form or "completion") if english else "chat"
         new_tokens = max_new_tokens or (ANSWER_TOKENS[task] if english else _TOY_ANSWER_TOKENS)
-        overhead = _special_overhead(tokenizer) if task_form == "completion" else _chat_overhead(tokenizer)
-        options: dict[str, Any] = {"form": task_form, "essays": essays} if english else {}
-        for length in lengths:
-            mine = [spec for i, spec in enumerate(plans, start=first) if i % parts == index]
-            first += len(plans)
-            if not mine:
-                continue
-            records = generate(
-                task, max(samples, 10), target_length=length, count_tokens=count, seed=seed, overhead=overhead,
-                **options,
-            )  # fmt: skip
-            records = [records[i] for i in spread_records(samples)]
-            prompts = _prompts(records, tokenizer, task_form)
-            for spec in mine:
-                key = CellStore.key(spec, task, length)
-                kept = store.get(key) if store is not None else None
-                if kept is not None:
-                    if progress is not None:
-                        progress(f"{spec.name} {task} N={length}: read back from {store.path}")  # type: ignore[union-attr]
-                    rows += kept
-                    continue
+        prompts: list[Any] | None = None
+        records: list[Any] = []
+        for spec in plans:
+            key = CellStore.key(spec, task, length)
+            kept = store.get(key) if store is not None else None
+            if kept is not None:
                 if progress is not None:
-                    progress(f"{spec.name} {task} N={length}")
-                with using_plan(model, spec.plan):
-                    answers = _greedy(
-                        model, tokenizer, prompts, new_tokens, batch_size, add_special_tokens=task_form == "completion"
-                    )
-                scores = [
-                    score(r, a if english else _first_answer(a, r)) for r, a in zip(records, answers, strict=True)
-                ]
-                cell = _decile_rows(spec, task, task_form, length, records, scores, length + new_tokens)
-                if store is not None:
-                    store.put(key, cell)
-                rows += cell
+                    progress(f"{spec.name} {task} N={length}: read back from {store.path}")  # type: ignore[union-attr]
+                rows += kept
+                continue
+            if claims is not None and not claims.claim(key):
+                continue
+            if prompts is None:
+                overhead = _special_overhead(tokenizer) if task_form == "completion" else _chat_overhead(tokenizer)
+                options: dict[str, Any] = {"form": task_form, "essays": essays} if english else {}
+                records = generate(
+                    task, max(samples, 10), target_length=length, count_tokens=count, seed=seed, overhead=overhead,
+                    **options,
+                )  # fmt: skip
+                records = [records[i] for i in spread_records(samples)]
+                prompts = _prompts(records, tokenizer, task_form)
+            if progress is not None:
+                progress(f"{spec.name} {task} N={length}")
+            with using_plan(model, spec.plan):
+                answers = _greedy(
+                    model, tokenizer, prompts, new_tokens, batch_size, add_special_tokens=task_form == "completion"
+                )
+            scores = [score(r, a if english else _first_answer(a, r)) for r, a in zip(records, answers, strict=True)]
+            cell = _decile_rows(spec, task, task_form, length, records, scores, length + new_tokens)
+            if store is not None:
+                store.put(key, cell)
+            if claims is not None:
+                claims.done(key)
+            rows += cell
     return rows
 
 
