@@ -57,7 +57,7 @@ DEMO_ARGS := --model models/smollm2-135m-instruct --task facts,quotes,items,code
 	--max-new-tokens 8 --lengths 1024 --samples 4 --validation-samples 1 --statistic gate --gate-steps 60 \
 	--gate-lr 0.08 --density 0.5,0.25 --extend 8x --eval-tasks niah,passkey-en --eval-lengths 1024 --eval-samples 10 \
 	--no-layer-baseline --no-duo-baseline
-demo: assets ## moa compress on SmolLM2-135M-Instruct at 1k (gate statistic) + dense/uniform/MoA NIAH and passkey (about 12 min)
+demo: assets ## moa compress on SmolLM2-135M-Instruct at 1k (gate statistic) + dense/uniform/MoA NIAH and passkey (about 11 min)
 	$(BIN)/moa compress $(DEMO_ARGS) --out $(DEMO_OUT)
 	@cat $(DEMO_OUT)/report.md
 
@@ -85,9 +85,9 @@ EXPERIMENT_OUT ?= runs/experiment
 # The gate-statistic table of RESULTS.md on SmolLM2: 64 calibration prompts (16 each of facts, quotes, items, codes;
 # reference answers) at 1024 and at 2048, gates trained 240 steps at each length, shaped by the influence of the first
 # 16 prompts of the same length, MoA at 50% and 25% (constrained at 1024, 2048 and 8x 2048), NIAH and passkey at
-# 1k/2k/4k beside dense and uniform windows (two one-thread shards). About 1 h 40 min on 2 cores, estimated from its
-# commands' times (RESULTS.md, twenty-sixth session: gate steps of 4.7 s at 1024 and 11.2 s at 2048 on two threads);
-# not run as one target. Its 1024 gate training, rerun alone, gives the committed gates within 2e-6.
+# 1k/2k/4k beside dense and uniform windows (two one-thread shards). Measured as one target on a fresh checkout:
+# 1 h 55 min on 2 cores, part of it beside tests (about 1 h 42 min quiet); the committed gates within 1.5e-6, the
+# committed MoA plans rule for rule and the same table cell for cell (RESULTS.md, twenty-seventh session).
 EXPERIMENT_CALIB := --model models/smollm2-135m-instruct --task facts,quotes,items,codes \
 	--max-new-tokens 8 --template plain --seed 3 --answers reference --quiet
 EXPERIMENT_GRID := --extend 8x --alphas 0,128 --betas 0,0.125,0.25,0.375,0.5,0.625,0.75,0.875,1 --threads 1
@@ -96,7 +96,7 @@ EXPERIMENT_GATE := --model models/smollm2-135m-instruct --quiet --statistic gate
 EXPERIMENT_EVAL = --model models/smollm2-135m-instruct --plan dense --plan uniform:0.5 --plan uniform:0.25 \
 	--plan moa-0.5=$(EXPERIMENT_OUT)/gate-0.5/plan_00.json --plan moa-0.25=$(EXPERIMENT_OUT)/gate-0.25/plan_00.json \
 	--tasks niah,passkey-en --lengths 1024,2048,4096 --samples 10 --out $(EXPERIMENT_OUT)/eval
-experiment: assets ## The SmolLM2 gate-statistic table of RESULTS.md (MoA vs dense and uniform at 1k-4k; ~1 h 40 min on 2 cores, estimated)
+experiment: assets ## The SmolLM2 gate-statistic table of RESULTS.md (MoA vs dense and uniform at 1k-4k; 1 h 55 min on 2 cores)
 	for n in 1024 2048; do \
 		$(BIN)/moa calibrate $(EXPERIMENT_CALIB) --lengths $$n --num-samples 4 \
 			--out $(EXPERIMENT_OUT)/ref16-$$n/calibration.parquet && \
