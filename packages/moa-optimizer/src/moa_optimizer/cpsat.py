@@ -16,7 +16,7 @@ from ortools.sat.python import cp_model
 
 __all__ = ["WALL_GUARD", "deterministic_solver", "reproducible"]
 
-WALL_GUARD = 4.0
+WALL_GUARD = 10.0
 
 
 def deterministic_solver(threads: int, seed: int, time_limit: float | None) -> cp_model.CpSolver:

@@ -53,7 +53,7 @@ class SolverOptions:
         backend: ``cp-sat`` (default) or a MIP solver: ``scip`` or ``cbc``.
         time_limit: Seconds per solve (None: until proven optimal). CP-SAT counts them in its
             deterministic seconds (about one second each on a quiet machine), so the same inputs
-            and options give the same plan with one thread; a wall-clock guard of 4x stops a
+            and options give the same plan with one thread; a wall-clock guard of 10x stops a
             runaway solve.
         threads: CP-SAT workers. One (the default) is reproducible; more search faster on large
             programs but may return another plan of equal or near-equal loss each run.
