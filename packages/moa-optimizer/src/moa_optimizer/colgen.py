@@ -43,7 +43,7 @@ class _Columns:
 class ColumnResult:
     """Best choice found (None if none feasible), its loss, the lower bound and iterations.
 
-    ``wall_stopped`` is True when the result may differ from run to run: a wall-clock guard (not
+    ``reproducible`` is False when the result may differ from run to run: a wall-clock guard (not
     convergence or a deterministic limit) ended the pricing loop or the column program, or the
     column program ran on several workers.
     """
@@ -53,7 +53,7 @@ class ColumnResult:
     bound: float
     iterations: int
     seconds: float
-    wall_stopped: bool = False
+    reproducible: bool = True
 
 
 def _exact(k: int | None, R: int) -> bool:
@@ -128,7 +128,7 @@ def column_generation(
             add(layer, np.full(H, r, dtype=np.int64))
     big = 1e3 * (float(problem.loss[objective].max(axis=-1).sum()) + 1.0)
     P = problem.loss.shape[0]
-    bound, iterations, wall_stopped = -math.inf, 0, False
+    bound, iterations, loop_repeats = -math.inf, 0, True
     weights: list[npt.NDArray[np.float64]] = []
     while iterations < max_iterations:
         iterations += 1
@@ -148,11 +148,11 @@ def column_generation(
         if added == 0:
             break
         if time_limit is not None and time.perf_counter() - start > WALL_GUARD * 0.6 * time_limit:
-            wall_stopped = True
+            loop_repeats = False
             log.info("column generation stopped by its wall-clock guard after %d iterations", iterations)
             break
     ip_limit = None if time_limit is None else max(0.2, 0.4 * time_limit)
-    best, ip_wall = _column_ip(
+    best, ip_repeats = _column_ip(
         problem, objective, constraints, budget, cols.rows, stats, weights, ip_limit, threads=threads, seed=seed
     )
     value = math.inf if best is None else float(np.take_along_axis(problem.loss[objective], best[..., None], -1).sum())
@@ -162,7 +162,7 @@ def column_generation(
         bound=bound,
         iterations=iterations,
         seconds=time.perf_counter() - start,
-        wall_stopped=wall_stopped or ip_wall,
+        reproducible=loop_repeats and ip_repeats,
     )
 
 
@@ -235,7 +235,7 @@ def _column_ip(
 ) -> tuple[npt.NDArray[np.int64] | None, bool]:
     """Pick one generated column per layer (CP-SAT): exact span rows, scaled losses.
 
-    Returns the choice (None if none found) and whether the solve may not reproduce.
+    Returns the choice (None if none found) and whether the solve would return it again (`reproducible`).
     """
     L = len(rows)
     P = problem.loss.shape[0]
@@ -270,11 +270,11 @@ def _column_ip(
                     model.add_hint(v, j == pick)
     solver = deterministic_solver(threads, seed, time_limit)
     status = solver.solve(model)
-    wall = not reproducible(solver, status)
+    repeats = reproducible(solver, status)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return None, wall
+        return None, repeats
     out = np.empty((L, problem.shape[1]), dtype=np.int64)
     for layer in range(L):
         j = next(j for j, v in enumerate(z[layer]) if solver.boolean_value(v))
         out[layer] = rows[layer][j]
-    return out, wall
+    return out, repeats

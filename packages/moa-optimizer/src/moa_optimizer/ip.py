@@ -184,7 +184,7 @@ def solve(
             threads=opts.threads,
             seed=opts.seed,
         )
-        reproducible = reproducible and not cg.wall_stopped
+        reproducible = reproducible and cg.reproducible
         if cg.choice is not None and _feasible(problem, constraints, budget, cg.choice):
             candidates.append(cg.choice)
         bound = cg.bound
@@ -206,10 +206,10 @@ def solve(
     if (best is None or _gap(best_value, bound) > opts.relative_gap) and not too_late:
         remaining = None if remaining is None else max(0.1, remaining)
         run = _solve_cpsat if opts.backend == "cp-sat" else _solve_mip
-        choice, solver_bound, solver_proven, scaling_error, wall = run(
+        choice, solver_bound, solver_proven, scaling_error, repeats = run(
             problem, objective, constraints, budget, opts, remaining, best
         )
-        reproducible = reproducible and not wall
+        reproducible = reproducible and repeats
         bound = max(bound, solver_bound)
         if choice is not None and _feasible(problem, constraints, budget, choice):
             value = float(evaluate(problem, choice)[0][objective])
@@ -250,10 +250,6 @@ def _gap(value: float, bound: float) -> float:
     return max(0.0, (value - bound) / value) if math.isfinite(bound) else 1.0
 
 
-def _elapsed(start: float) -> float:
-    return time.perf_counter() - start
-
-
 def _best(problem: Problem, objective: int, candidates: list[npt.NDArray[np.int64]]) -> npt.NDArray[np.int64] | None:
     if not candidates:
         return None
@@ -267,7 +263,7 @@ def _infeasible(problem: Problem, constraints: Constraints) -> str:
     return text
 
 
-# Choice, proven bound, proven optimal, scaling error, may not reproduce.
+# Choice, proven bound, proven optimal, scaling error, reproducible (the same solve returns it again).
 _Result = tuple[npt.NDArray[np.int64] | None, float, bool, float, bool]
 
 
@@ -330,19 +326,19 @@ def _solve_cpsat(
     solver = deterministic_solver(opts.threads, opts.seed, time_limit)
     solver.parameters.relative_gap_limit = opts.relative_gap
     status = solver.solve(model)
-    wall = not reproducible(solver, status)
+    repeats = reproducible(solver, status)
     scaling_error = 0.5 * L * H / scales[objective]
     if status == cp_model.INFEASIBLE:
-        return None, -math.inf, True, scaling_error, wall
+        return None, -math.inf, True, scaling_error, repeats
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return None, -math.inf, False, scaling_error, wall
+        return None, -math.inf, False, scaling_error, repeats
     values = np.array([solver.boolean_value(v) for v in x], dtype=bool).reshape(L, H, R)
     if allowed is not None:
         # A restricted solve proves nothing about the full program.
-        return values.argmax(axis=-1).astype(np.int64), -math.inf, False, float(scaling_error), wall
+        return values.argmax(axis=-1).astype(np.int64), -math.inf, False, float(scaling_error), repeats
     bound = solver.best_objective_bound / scales[objective] - scaling_error
     optimal = status == cp_model.OPTIMAL
-    return values.argmax(axis=-1).astype(np.int64), float(bound), optimal, float(scaling_error), wall
+    return values.argmax(axis=-1).astype(np.int64), float(bound), optimal, float(scaling_error), repeats
 
 
 def _solve_mip(
@@ -406,9 +402,9 @@ def _solve_mip(
     status = solver.Solve(params)
     # SCIP and CBC only know wall-clock limits: a solve they do not prove may not reproduce.
     if status == pywraplp.Solver.INFEASIBLE:
-        return None, -math.inf, True, 0.0, False
+        return None, -math.inf, True, 0.0, True
     if status not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
-        return None, -math.inf, False, 0.0, time_limit is not None
+        return None, -math.inf, False, 0.0, time_limit is None
     values = np.array([v.solution_value() for v in x]).reshape(L, H, R)
     optimal = status == pywraplp.Solver.OPTIMAL
-    return values.argmax(axis=-1).astype(np.int64), float(obj.BestBound()), optimal, 0.0, not optimal
+    return values.argmax(axis=-1).astype(np.int64), float(obj.BestBound()), optimal, 0.0, optimal

@@ -81,7 +81,7 @@ def eval_group() -> None:
 @click.option(
     "--shard",
     metavar="K/N",
-    help="Share the run with N - 1 other processes started with the same command and --shard J/N (0 <= K < N; "
+    help="Share the run with the other N - 1 processes started with the same command and their own --shard (0 <= K < N; "
     "e.g. OMP_NUM_THREADS=1, one per core): each takes the next (task, length, plan) cell no process has claimed, "
     "longest prompts first (claims in OUT/retrieval.claims/), and keeps its cells in "
     "OUT/retrieval.cells.shard-K-of-N.json; the same command without --shard then reads every shard's cells back, "
