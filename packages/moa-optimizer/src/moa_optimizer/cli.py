@@ -241,7 +241,7 @@ def optimize_command(
     """
     from moa_optimizer.config import OptimizeConfig
     from moa_optimizer.plugins import load_optimizer
-    from moa_optimizer.report import format_summary, write_outputs
+    from moa_optimizer.report import format_room, format_summary, write_outputs
 
     if not 0.0 < density <= 1.0:
         raise click.BadParameter(f"density must be in (0, 1], got {density}", param_hint="--density")
@@ -304,6 +304,9 @@ def optimize_command(
         click.echo(json.dumps({"out": str(out), "plans": table.to_dicts()}))
         return
     click.echo(format_summary(table))
+    room = format_room(plans[0])
+    if room:
+        click.echo(room)
     click.echo(f"wrote {len(plans)} plan(s), summary.parquet{'' if no_plots else ', pareto.png, heatmaps'} to {out}")
 
 

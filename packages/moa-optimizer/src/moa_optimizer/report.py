@@ -5,15 +5,24 @@ This is the only module of the package that writes files; every write is atomic.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from moa_plan import Plan, atomic_write
+from moa_plan import Plan, atomic_write, span
 
-__all__ = ["format_summary", "plot_heatmap", "plot_pareto", "summary_table", "write_outputs"]
+__all__ = [
+    "budget_room",
+    "format_room",
+    "format_summary",
+    "plot_heatmap",
+    "plot_pareto",
+    "summary_table",
+    "write_outputs",
+]
 
 
 def _lengths(plans: Sequence[Plan]) -> tuple[list[int], list[int]]:
@@ -62,6 +71,43 @@ def format_summary(df: pl.DataFrame) -> str:
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)
+
+
+def budget_room(plan: Plan, length: int, upper: float) -> int:
+    """The most KV heads a plan under density ``upper`` can keep whole at ``length``.
+
+    Every head holds at least its minimum span (the sink and one block, `moa_plan.span`), so ``k`` whole heads and
+    the rest at the minimum fit iff ``k N + (H - k) m <= upper H N``: ``k <= (upper H N - H m) / (N - m)``.
+    """
+    heads = plan.num_layers * plan.model.num_key_value_heads
+    least = int(span(0.0, 0.0, length, sink=plan.sink, block=plan.block))
+    if least >= length:
+        return heads
+    room = (upper * heads * length - heads * least) / (length - least)
+    return int(min(heads, max(0, math.floor(room + 1e-9))))
+
+
+def format_room(plan: Plan) -> str:
+    """Lines for people: at each constrained length, the minimum span's share of the budget and how many heads fit whole.
+
+    At short lengths the minimum (sink + one block) takes much of a small budget and caps the heads that can read the
+    whole context (SmolLM2 at 25% and 1024 tokens: 12 of 90; RESULTS.md); the plan's own count is beside it.
+    Empty if the plan records no upper budget.
+    """
+    upper = plan.provenance.budgets.get("upper")
+    if upper is None:
+        return ""
+    _, constrained = _lengths([plan])
+    lines = []
+    for n in constrained:
+        least = int(span(0.0, 0.0, n, sink=plan.sink, block=plan.block))
+        spans = plan.spans(n)
+        lines.append(
+            f"at {n}: the minimum span ({least} tokens: sink + one block) is {least / n:.1%} of N, "
+            f"{least / n / upper:.0%} of the {upper:g} budget; at most {budget_room(plan, n, upper)} of {spans.size} "
+            f"KV heads fit whole (plan 0: {int((spans >= n).sum())} whole, {int((spans <= least).sum())} at the minimum)"
+        )
     return "\n".join(lines)
 
 
