@@ -45,3 +45,52 @@ def test_llamacpp_reference_outside_its_venv(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "run this script with the python of the venv that `--setup VENV` built" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+PROBE = ROOT / "tools" / "probe_plan.py"
+PLAN_25 = ROOT / "plans" / "smollm2-135m-instruct" / "moa-gate64-1k2k-reference-0.25.json"
+
+
+def _probe(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(PROBE), *args], capture_output=True, text=True, timeout=60)
+
+
+def test_probe_plan_fixes_one_slope_and_keeps_the_rest(tmp_path: Path) -> None:
+    from moa_plan import Plan
+
+    out = tmp_path / "probe.json"
+    result = _probe(str(PLAN_25), "--beta", "0.125", "--tokens", "512", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    source, probe = Plan.load(PLAN_25), Plan.load(out)
+    local = source.betas == 0.125
+    assert local.sum() == 61  # the committed 25% plan's N/8 heads (RESULTS.md, twenty-eighth session)
+    for n in (1024, 2048, 4096, 8192):
+        # The probed heads hold 512 tokens at every length (N permitting); every other head keeps its span.
+        assert (probe.spans(n)[local] == min(n, 512)).all()
+        assert (probe.spans(n)[~local] == source.spans(n)[~local]).all()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--beta", "0.3", "--tokens", "512"], f"error: no rule of {PLAN_25} has slope 0.3"),
+        (["--beta", "0.125", "--tokens", "0"], "error: --tokens must be a positive number of tokens, got 0"),
+    ],
+)
+def test_probe_plan_bad_arguments(args: list[str], message: str, tmp_path: Path) -> None:
+    out = tmp_path / "probe.json"
+    result = _probe(str(PLAN_25), *args, "--out", str(out))
+    assert result.returncode == 2
+    assert result.stderr.strip() == message
+    assert not out.exists()
+
+
+def test_probe_plan_missing_plan_and_unwritable_out(tmp_path: Path) -> None:
+    missing = _probe(str(tmp_path / "none.json"), "--beta", "0.125", "--tokens", "8", "--out", str(tmp_path / "p.json"))
+    assert missing.returncode == 2 and missing.stderr.startswith("error: cannot read plan ")
+    assert len(missing.stderr.strip().splitlines()) == 1
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    result = _probe(str(PLAN_25), "--beta", "0.125", "--tokens", "8", "--out", str(blocked / "p.json"))
+    assert result.returncode == 2 and result.stderr.startswith(f"error: cannot write {blocked / 'p.json'}")
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "packages" / "moa-plan" / "src"))
 
-from moa_plan import Plan, PlanError
+from moa_plan import MoaError, Plan, PlanError
 
 
 def probe(plan: Plan, beta: float, tokens: int) -> tuple[Plan, int]:
@@ -31,6 +31,11 @@ def probe(plan: Plan, beta: float, tokens: int) -> tuple[Plan, int]:
     return out, int(hit.sum())
 
 
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("plan", type=Path)
@@ -39,17 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.tokens < 1:
-        parser.error(f"--tokens must be a positive number of tokens, got {args.tokens}")
+        return _fail(f"--tokens must be a positive number of tokens, got {args.tokens}")
     try:
         plan = Plan.load(args.plan)
     except (OSError, PlanError) as exc:
-        print(f"error: cannot read plan {args.plan}: {exc}", file=sys.stderr)
-        return 2
+        return _fail(f"cannot read plan {args.plan}: {exc}")
     out, count = probe(plan, args.beta, args.tokens)
     if count == 0:
-        print(f"error: no rule of {args.plan} has slope {args.beta:g}", file=sys.stderr)
-        return 2
-    out.save(args.out)
+        return _fail(f"no rule of {args.plan} has slope {args.beta:g}")
+    try:
+        out.save(args.out)
+    except MoaError as exc:  # atomic_write_text's one sentence: "cannot write PATH: reason"
+        return _fail(str(exc))
     print(f"wrote {args.out}: {count} heads fixed at {args.tokens} tokens")
     return 0
 

@@ -81,11 +81,16 @@ def budget_room(plan: Plan, length: int, upper: float) -> int:
     the rest at the minimum fit iff ``k N + (H - k) m <= upper H N``: ``k <= (upper H N - H m) / (N - m)``.
     """
     heads = plan.num_layers * plan.model.num_key_value_heads
-    least = int(span(0.0, 0.0, length, sink=plan.sink, block=plan.block))
+    least = _least_span(plan, length)
     if least >= length:
         return heads
     room = (upper * heads * length - heads * least) / (length - least)
     return int(min(heads, max(0, math.floor(room + 1e-9))))
+
+
+def _least_span(plan: Plan, length: int) -> int:
+    """Every head's minimum span at ``length``: the sink and one block (clipped to the length)."""
+    return int(span(0.0, 0.0, length, sink=plan.sink, block=plan.block))
 
 
 def format_room(plan: Plan) -> str:
@@ -101,7 +106,7 @@ def format_room(plan: Plan) -> str:
     _, constrained = _lengths([plan])
     lines = []
     for n in constrained:
-        least = int(span(0.0, 0.0, n, sink=plan.sink, block=plan.block))
+        least = _least_span(plan, n)
         spans = plan.spans(n)
         lines.append(
             f"at {n}: the minimum span ({least} tokens: sink + one block) is {least / n:.1%} of N, "
