@@ -94,3 +94,116 @@ def test_probe_plan_missing_plan_and_unwritable_out(tmp_path: Path) -> None:
     result = _probe(str(PLAN_25), "--beta", "0.125", "--tokens", "8", "--out", str(blocked / "p.json"))
     assert result.returncode == 2 and result.stderr.startswith(f"error: cannot write {blocked / 'p.json'}")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+TOPK = ROOT / "tools" / "gate_topk_plan.py"
+GATES_1K = ROOT / "plans" / "smollm2-135m-instruct" / "gates-64-reference-1024.json"
+GATES_2K = ROOT / "plans" / "smollm2-135m-instruct" / "gates-64-reference-2048.json"
+
+
+def _topk(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(TOPK), *args], capture_output=True, text=True, timeout=60)
+
+
+def _values(path: Path) -> dict[tuple[int, int], float]:
+    import json
+
+    return {(int(layer), int(head)): float(v) for layer, head, v in json.loads(path.read_text())["values"]}
+
+
+@pytest.mark.parametrize("combine", ["sum", "max"])
+def test_gate_topk_plan_keeps_the_dearest_heads_whole(combine: str, tmp_path: Path) -> None:
+    from moa_plan import Plan
+
+    out = tmp_path / "top.json"
+    result = _topk(
+        str(GATES_1K), str(GATES_2K), "--whole", "12", "--combine", combine, "--like", str(PLAN_25), "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    a, b = _values(GATES_1K), _values(GATES_2K)
+    top_a, top_b = max(a.values()), max(b.values())
+    # The oracle: every head's combined value, written out here, and the twelve largest of them.
+    combined = {h: a[h] + b[h] if combine == "sum" else max(a[h] / top_a, b[h] / top_b) for h in a}
+    dearest = set(sorted(combined, key=lambda h: -combined[h])[:12])
+    plan = Plan.load(out)
+    whole = {(int(layer), int(head)) for layer, head in zip(*(plan.betas == 1.0).nonzero(), strict=True)}
+    assert whole == dearest
+    assert (plan.alphas == 0).all() and ((plan.betas == 1.0) | (plan.betas == 0.125)).all()
+    for n in (1024, 2048, 4096):
+        # 12 heads keep N tokens, 78 keep N/8 (block-aligned at these N): density counted by hand.
+        assert plan.density(n) == pytest.approx((12 * n + 78 * n // 8) / (90 * n))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--whole", "91"], "error: --whole must lie in 0..90 (the model's KV heads), got 91"),
+        (["--whole", "4", "--local-beta", "1"], "error: --local-beta must lie strictly between 0 and 1, got 1"),
+    ],
+)
+def test_gate_topk_plan_bad_arguments(args: list[str], message: str, tmp_path: Path) -> None:
+    out = tmp_path / "top.json"
+    result = _topk(str(GATES_1K), *args, "--like", str(PLAN_25), "--out", str(out))
+    assert result.returncode == 2
+    assert result.stderr.strip() == message
+    assert not out.exists()
+
+
+def test_gate_topk_plan_bad_files(tmp_path: Path) -> None:
+    out = tmp_path / "top.json"
+    not_json = tmp_path / "g.json"
+    not_json.write_text("{")
+    no_values = tmp_path / "h.json"
+    no_values.write_text('{"gates": []}')
+    short = tmp_path / "s.json"
+    short.write_text('{"values": [[0, 0, 1.0]]}')
+    bad_row = tmp_path / "r.json"
+    bad_row.write_text('{"values": [[0, 0]]}')
+    cases = {
+        str(tmp_path / "none.json"): "error: cannot read gate values ",
+        str(not_json): f"error: {not_json} is not JSON",
+        str(no_values): f"error: {no_values} has no 'values' list",
+        str(short): f"error: {short} prices 1 of the model's 90 KV heads, not all",
+        str(bad_row): f"error: {bad_row} has a value row [0, 0]; expected [layer, kv_head, value]",
+    }
+    for gates, start in cases.items():
+        result = _topk(gates, "--whole", "4", "--like", str(PLAN_25), "--out", str(out))
+        assert result.returncode == 2 and result.stderr.startswith(start), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    missing = _topk(str(GATES_1K), "--whole", "4", "--like", str(tmp_path / "p.json"), "--out", str(out))
+    assert missing.returncode == 2 and missing.stderr.startswith("error: cannot read plan ")
+    assert not out.exists()
+
+
+ORACLE = ROOT / "tools" / "oracle_gates.py"
+
+
+def test_oracle_gates_bad_arguments(tmp_path: Path) -> None:
+    def oracle(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(ORACLE), *args], capture_output=True, text=True, timeout=120)
+
+    out = tmp_path / "o.json"
+    cases = {
+        ("--length", "100", "--out", str(out)): "error: --length must be at least 256 tokens, got 100",
+        (
+            "--length",
+            "1024",
+            "--steps",
+            "0",
+            "--out",
+            str(out),
+        ): "error: --samples and --steps must be positive, got 10 and 0",
+        (
+            "--length",
+            "1024",
+            "--out",
+            str(tmp_path / "no" / "o.json"),
+        ): f"error: the folder of --out does not exist: {tmp_path / 'no'}",
+    }
+    for args, message in cases.items():
+        result = oracle(*args)
+        assert result.returncode == 2 and result.stderr.strip() == message, result.stderr
+    missing = oracle("--model", str(tmp_path / "none"), "--length", "1024", "--out", str(out))
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ") and str(tmp_path / "none") in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+    assert not out.exists()
