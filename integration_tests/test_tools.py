@@ -150,21 +150,21 @@ def test_gate_topk_plan_bad_arguments(args: list[str], message: str, tmp_path: P
 
 
 def test_gate_topk_plan_bad_files(tmp_path: Path) -> None:
+    import json
+
     out = tmp_path / "top.json"
     not_json = tmp_path / "g.json"
     not_json.write_text("{")
     no_values = tmp_path / "h.json"
     no_values.write_text('{"gates": []}')
-    short = tmp_path / "s.json"
-    short.write_text('{"values": [[0, 0, 1.0]]}')
-    bad_row = tmp_path / "r.json"
-    bad_row.write_text('{"values": [[0, 0]]}')
+    short = tmp_path / "s.json"  # the committed gates with the last KV head's value dropped
+    record = json.loads(GATES_1K.read_text())
+    short.write_text(json.dumps({**record, "values": record["values"][:-1]}))
     cases = {
-        str(tmp_path / "none.json"): "error: cannot read gate values ",
-        str(not_json): f"error: {not_json} is not JSON",
-        str(no_values): f"error: {no_values} has no 'values' list",
-        str(short): f"error: {short} prices 1 of the model's 90 KV heads, not all",
-        str(bad_row): f"error: {bad_row} has a value row [0, 0]; expected [layer, kv_head, value]",
+        str(tmp_path / "none.json"): f"error: cannot read the gates {tmp_path / 'none.json'}: ",
+        str(not_json): f"error: {not_json} is not a gates record",
+        str(no_values): f"error: {no_values} is not a gates record",
+        str(short): f"error: {short} has no value for KV head (29, 2)",
     }
     for gates, start in cases.items():
         result = _topk(gates, "--whole", "4", "--like", str(PLAN_25), "--out", str(out))

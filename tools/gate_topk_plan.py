@@ -1,6 +1,6 @@
 """Write a DuoAttention-like plan from gate values: the K KV heads of highest value whole, every other head local.
 
-A gate run (`moa profile --statistic gate` keeps it as ``gates-*.json``; `plans/smollm2-135m-instruct/gates-*.json`)
+A gate record (`moa profile --statistic gate` writes ``profile-N.gates.json``; `plans/smollm2-135m-instruct/gates-*.json`)
 prices each KV head: the L1 penalty its gate withstood, in nats. This plan keeps the K dearest heads whole (rule
 ``0 + 1 x N``) and gives every other head ``0 + LOCAL_BETA x N`` (default N/8, what the sink + one block is at 1024),
 so it is DuoAttention's "retrieval heads whole, the rest streaming" with a local window that grows with N. With
@@ -17,42 +17,29 @@ are printed (RESULTS.md, twenty-ninth session, for what such plans retrieve on S
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "packages" / "moa-plan" / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "packages" / "moa-profiler" / "src"))
 
 from moa_plan import MoaError, Plan, PlanError
 
 
 def gate_values(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """The ``[layers, kv_heads]`` values of one gate run file.
+    """The ``[layers, kv_heads]`` values of one gate record, checked by `moa_profiler.gate.load_gate_run`.
 
     Raises:
-        ValueError: one sentence naming the file and what is wrong with it.
+        MoaError: one sentence naming the file and what is wrong with it.
     """
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise ValueError(f"cannot read gate values {path}: {exc.strerror or exc}") from None
-    except json.JSONDecodeError:
-        raise ValueError(f"{path} is not JSON; expected the gates-*.json of `moa profile --statistic gate`") from None
-    rows = data.get("values") if isinstance(data, dict) else None
-    if not isinstance(rows, list):
-        raise ValueError(f"{path} has no 'values' list; expected the gates-*.json of `moa profile --statistic gate`")
-    out = np.full(shape, np.nan)
-    for row in rows:
-        if not (isinstance(row, list) and len(row) == 3 and all(isinstance(x, int | float) for x in row)):
-            raise ValueError(f"{path} has a value row {row!r}; expected [layer, kv_head, value]")
-        layer, head, value = int(row[0]), int(row[1]), float(row[2])
-        if not (0 <= layer < shape[0] and 0 <= head < shape[1]):
-            raise ValueError(f"{path} prices KV head {layer}.{head}, which the model ({shape[0]} x {shape[1]}) lacks")
-        out[layer, head] = float(value)
-    if np.isnan(out).any():
-        raise ValueError(f"{path} prices {int((~np.isnan(out)).sum())} of the model's {out.size} KV heads, not all")
+    from moa_profiler.gate import load_gate_run
+
+    run = load_gate_run(path, layers=shape[0], kv_heads=shape[1])
+    out = np.zeros(shape)
+    for (layer, head), value in run.values.items():
+        out[layer, head] = value
     return out
 
 
@@ -104,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"--whole must lie in 0..{shape[0] * shape[1]} (the model's KV heads), got {args.whole}")
     try:
         values = combine([gate_values(p, shape) for p in args.gates], args.combine)
-    except ValueError as exc:
+    except MoaError as exc:
         return _fail(str(exc))
     plan, chosen = topk_plan(like, values, args.whole, args.local_beta)
     try:

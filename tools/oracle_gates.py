@@ -47,9 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.path[:0] = [str(ROOT / "packages" / p / "src") for p in ("moa-plan", "moa-profiler", "moa")]
     import torch
 
-    from moa.evaluate import spread_records
+    from moa.evaluate import retrieval_prompts
     from moa_plan import MoaError, atomic_write_text
-    from moa_plan.tasks import completion_prompt, generate
     from moa_profiler.attention import register_profiling_attention
     from moa_profiler.gate import train_gates
     from moa_profiler.models import load_model, load_tokenizer
@@ -60,16 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     except MoaError as exc:
         return _fail(str(exc))
 
-    def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False).input_ids)
-
-    overhead = len(tokenizer("a").input_ids) - count("a")  # the BOS the completion form's tokenizer adds
     samples = []
     for task in TASKS:
-        records = generate(task, max(args.samples, 10), target_length=args.length, count_tokens=count, seed=1234,
-                           overhead=overhead, form="completion", essays=None)  # fmt: skip
-        for record in (records[i] for i in spread_records(args.samples)):
-            prompt = tokenizer(completion_prompt(record)).input_ids
+        # The very prompts `moa eval retrieval` scores (completion form, seed 1234), the reference answer after each.
+        records, prompts = retrieval_prompts(tokenizer, task, args.length, args.samples)
+        for record, text in zip(records, prompts, strict=True):
+            prompt = tokenizer(text).input_ids
             answer = tokenizer(" " + str(record.answer), add_special_tokens=False).input_ids
             samples.append((torch.tensor(prompt + answer), len(prompt), len(prompt) + len(answer)))
     register_profiling_attention()
@@ -84,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     record = {**run.to_json(), "length": args.length, "tasks": list(TASKS), "note": "DIAGNOSTIC: evaluation prompts"}
     atomic_write_text(args.out, json.dumps(record))
+    args.out.with_suffix(".ckpt.json").unlink(missing_ok=True)  # finished: nothing left to resume
     print(f"wrote {args.out} ({time.time() - start:.0f} s)")
     return 0
 

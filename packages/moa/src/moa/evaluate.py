@@ -238,6 +238,35 @@ def _decile_rows(
     return rows
 
 
+def retrieval_prompts(
+    tokenizer: Any,
+    task: str,
+    length: int,
+    samples: int,
+    *,
+    form: str = "completion",
+    seed: int = 1234,
+    essays: Mapping[str, str] | None = None,
+) -> tuple[list[Any], list[str]]:
+    """The records and prompt texts `retrieval_eval` scores for one task and length (``form`` as it resolves it).
+
+    Records of ``max(samples, 10)`` are drawn and `spread_records` picks ``samples`` of them; English tasks
+    fit ``length`` tokens with the BOS (completion form) or the chat template's tokens (chat form) counted.
+    """
+    from moa_plan.tasks import RETRIEVAL_TASKS, generate
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+    overhead = _special_overhead(tokenizer) if form == "completion" else _chat_overhead(tokenizer)
+    options: dict[str, Any] = {"form": form, "essays": essays} if task in RETRIEVAL_TASKS else {}
+    records = generate(
+        task, max(samples, 10), target_length=length, count_tokens=count, seed=seed, overhead=overhead, **options
+    )
+    records = [records[i] for i in spread_records(samples)]
+    return records, _prompts(records, tokenizer, form)
+
+
 def spread_records(samples: int) -> list[int]:
     """Indices of the records to evaluate: all of ``range(samples)`` from ten on; below ten, one record of
     each of ``samples`` depth deciles spread over the ten (record i of a call sits at decile i % 10)."""
@@ -402,16 +431,13 @@ def retrieval_eval(
     Raises:
         MoaError: for an unknown form or a task that is not a retrieval task.
     """
-    from moa_plan.tasks import FORMS, RETRIEVAL_TASKS, TASKS, generate, score
+    from moa_plan.tasks import FORMS, RETRIEVAL_TASKS, TASKS, score
 
     if form is not None and form not in FORMS:
         raise MoaError(f"unknown form {form!r}; expected one of {', '.join(FORMS)}")
     for task in tasks:
         if task not in TASKS + RETRIEVAL_TASKS:
             raise MoaError(f"{task!r} is not a retrieval task; expected one of {', '.join(TASKS + RETRIEVAL_TASKS)}")
-
-    def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False).input_ids)
 
     groups = [(task, length) for task in tasks for length in lengths]
     if claims is not None:
@@ -435,14 +461,9 @@ def retrieval_eval(
             if claims is not None and not claims.claim(key):
                 continue
             if prompts is None:
-                overhead = _special_overhead(tokenizer) if task_form == "completion" else _chat_overhead(tokenizer)
-                options: dict[str, Any] = {"form": task_form, "essays": essays} if english else {}
-                records = generate(
-                    task, max(samples, 10), target_length=length, count_tokens=count, seed=seed, overhead=overhead,
-                    **options,
-                )  # fmt: skip
-                records = [records[i] for i in spread_records(samples)]
-                prompts = _prompts(records, tokenizer, task_form)
+                records, prompts = retrieval_prompts(
+                    tokenizer, task, length, samples, form=task_form, seed=seed, essays=essays
+                )
             if progress is not None:
                 progress(f"{spec.name} {task} N={length}")
             with using_plan(model, spec.plan):
