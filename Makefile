@@ -88,6 +88,10 @@ EXPERIMENT_OUT ?= runs/experiment
 # 1k/2k/4k beside dense and uniform windows (two one-thread shards). Measured as one target on a fresh checkout:
 # 1 h 55 min on 2 cores, part of it beside tests (about 1 h 42 min quiet); the committed gates within 1.5e-6, the
 # committed MoA plans rule for rule and the same table cell for cell (RESULTS.md, twenty-seventh session).
+# EXPERIMENT_LENGTHS: the profiled lengths (e.g. `make experiment EXPERIMENT_LENGTHS="1024 2048 4096"`, the issue's three;
+# gates at 4096 take about 2 h 10 min on two threads, and with that calibration set the plans retrieve less: RESULTS.md,
+# thirtieth session). The plans are constrained at each of them and at 8x the longest (EXPERIMENT_GRID's --extend).
+EXPERIMENT_LENGTHS ?= 1024 2048
 EXPERIMENT_CALIB := --model models/smollm2-135m-instruct --task facts,quotes,items,codes \
 	--max-new-tokens 8 --template plain --seed 3 --answers reference --quiet
 EXPERIMENT_GRID := --extend 8x --alphas 0,128 --betas 0,0.125,0.25,0.375,0.5,0.625,0.75,0.875,1 --threads 1
@@ -97,7 +101,7 @@ EXPERIMENT_EVAL = --model models/smollm2-135m-instruct --plan dense --plan unifo
 	--plan moa-0.5=$(EXPERIMENT_OUT)/gate-0.5/plan_00.json --plan moa-0.25=$(EXPERIMENT_OUT)/gate-0.25/plan_00.json \
 	--tasks niah,passkey-en --lengths 1024,2048,4096 --samples 10 --out $(EXPERIMENT_OUT)/eval
 experiment: assets ## The SmolLM2 gate-statistic table of RESULTS.md (MoA vs dense and uniform at 1k-4k; 1 h 55 min on 2 cores)
-	for n in 1024 2048; do \
+	for n in $(EXPERIMENT_LENGTHS); do \
 		$(BIN)/moa calibrate $(EXPERIMENT_CALIB) --lengths $$n --num-samples 4 \
 			--out $(EXPERIMENT_OUT)/ref16-$$n/calibration.parquet && \
 		$(BIN)/moa calibrate $(EXPERIMENT_CALIB) --lengths $$n --num-samples 16 \
@@ -107,10 +111,8 @@ experiment: assets ## The SmolLM2 gate-statistic table of RESULTS.md (MoA vs den
 		$(BIN)/moa profile $(EXPERIMENT_OUT)/ref64-$$n/calibration.parquet $(EXPERIMENT_GATE) \
 			--out $(EXPERIMENT_OUT)/ref64-$$n/gate || exit 1; done
 	for d in 0.5 0.25; do $(BIN)/moa optimize \
-		--profiles $(EXPERIMENT_OUT)/ref64-1024/gate/profile-1024.safetensors \
-		$(EXPERIMENT_OUT)/ref64-2048/gate/profile-2048.safetensors \
-		--shape-by $(EXPERIMENT_OUT)/ref16-1024/influence/profile-1024.safetensors \
-		--shape-by $(EXPERIMENT_OUT)/ref16-2048/influence/profile-2048.safetensors \
+		--profiles $(foreach n,$(EXPERIMENT_LENGTHS),$(EXPERIMENT_OUT)/ref64-$(n)/gate/profile-$(n).safetensors) \
+		$(foreach n,$(EXPERIMENT_LENGTHS),--shape-by $(EXPERIMENT_OUT)/ref16-$(n)/influence/profile-$(n).safetensors) \
 		--density $$d $(EXPERIMENT_GRID) --out $(EXPERIMENT_OUT)/gate-$$d || exit 1; done
 	$(call sharded_retrieval,$(EXPERIMENT_EVAL),$(EXPERIMENT_OUT)/eval)
 
@@ -218,6 +220,18 @@ plans-smollm2: assets ## The committed SmolLM2 gate plans (MoA, per-layer, DuoAt
 	$(BIN)/moa calibrate $(EXPERIMENT_CALIB) --seed 5 --lengths 3072 --num-samples 4 --out $$O/recall-3072.parquet; \
 	$(BIN)/moa validate --model $$M --plans $$O/moa-prosegate-w1-0.25 --plans $$O/moa-prosegate-mix-0.25 \
 		--data $$O/recall-3072.parquet --max-ppl-increase 1.8 --ppl-lengths 2048 --ppl-samples 8 --out $$O/guarded-0.25
+	set -e; O=$(PLANS_OUT)/single; P=$(PLANS_OUT); for nsm in 1024:240: 2048:120:128; do n=$${nsm%%:*}; \
+		k=$${nsm#*:}; m=$${k#*:}; k=$${k%:*}; \
+		$(BIN)/moa calibrate $(EXPERIMENT_CALIB) --lines 1 $${m:+--margin $$m} --lengths $$n --num-samples 16 \
+			--out $$O/ref64-$$n/calibration.parquet; \
+		$(BIN)/moa profile $$O/ref64-$$n/calibration.parquet $(EXPERIMENT_GATE) --gate-steps $$k \
+			--gate-from $(SMOL_PLANS)/gates-64-single-reference-$$n.json --out $$O/ref64-$$n/gate; done; \
+	S="--profiles $$O/ref64-1024/gate/profile-1024.safetensors $$O/ref64-2048/gate/profile-2048.safetensors \
+		--shape-by $$P/ref16-1024/influence/profile-1024.safetensors --shape-by $$P/ref16-2048/influence/profile-2048.safetensors"; \
+	$(BIN)/moa optimize $$S --density 0.25 $(EXPERIMENT_GRID) --out $$O/moa-0.25; \
+	$(BIN)/moa optimize $$S --density 0.25 $(EXPERIMENT_GRID) --max-rules-per-layer 1 --out $$O/layer-0.25; \
+	$(BIN)/moa optimize $$S --extend 8x --threads 1 --lower 0 --max-rules-per-layer none --density 0.25 \
+		--alphas 0,128 --betas 0,1 --out $$O/duo-0.25
 
 SMOLLM2_PLAN_DIR := plans/smollm2-135m-instruct
 SMOLLM2_PLANS := --plan moa-0.5=$(SMOLLM2_PLAN_DIR)/moa-gate64-1k2k-reference-0.5.json \

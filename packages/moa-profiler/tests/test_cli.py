@@ -397,3 +397,61 @@ def test_gate_from_needs_the_gate_statistic_and_a_file(tmp_path: Path, calibrati
         "-o", tmp_path / "o", "--quiet",
     )  # fmt: skip
     assert_one_sentence(code, stderr, "does not exist")
+
+
+def _fake_essays(cache: Path) -> None:
+    """Sixteen small essays in a moa cache (``$MOA_CACHE_DIR/essays``), sentences of plain words."""
+    (cache / "essays").mkdir(parents=True)
+    words = ["alpha", "beta", "gamma", "delta", "river", "stone", "cloud", "lamp", "green", "quiet", "small", "table"]
+    for n in range(16):
+        sentences = [
+            f"Essay{n} line{s} " + " ".join(words[(n + s + j) % len(words)] for j in range(6 + s % 4)) + "."
+            for s in range(120)
+        ]
+        (cache / "essays" / f"essay{n:02d}.txt").write_text(f"Title {n}\n\n" + " ".join(sentences), encoding="utf-8")
+
+
+def test_recall_records_take_lines(tmp_path: Path, monkeypatch):
+    """task_records passes --lines on: one fact line per record instead of four (counted in the text)."""
+    import re
+
+    from moa_profiler.records import task_records
+
+    monkeypatch.setenv("MOA_CACHE_DIR", str(tmp_path))
+    _fake_essays(tmp_path)
+    count = lambda t: len(t.split())  # noqa: E731
+    fact = r"The special magic number for \S+ is \d{7}\."
+    for lines, expected in ((None, 4), (1, 1), (2, 2)):
+        options = None if lines is None else {"lines": lines}
+        records = task_records("facts", [300], 3, count_tokens=count, overhead=0, seed=3, options=options)
+        assert len(records) == 3
+        for r in records:
+            assert len(re.findall(fact, r.context)) == expected
+            assert r.metadata["line"] in r.context and r.metadata["reference"] in r.metadata["line"]
+
+
+def test_calibrate_recall_lines_and_margin(tmp_path: Path, model_dir: Path, monkeypatch):
+    """--lines and --margin shape --task records (and say so in the provenance); misuse is one sentence."""
+    monkeypatch.setenv("MOA_CACHE_DIR", str(tmp_path))
+    _fake_essays(tmp_path)
+    out = tmp_path / "c.parquet"
+    base = ["calibrate", "--model", model_dir, "--lengths", "400", "--num-samples", 2, "--template", "plain"]
+    code, stdout, stderr = run(
+        *base, "--task", "facts,codes", "--lines", 1, "--margin", 40, "--answers", "reference", "--quiet", "--json",
+        "-o", out,
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert json.loads(stdout)["per_length"] == {"400": 4}
+    calib = read_calibration(out)
+    assert calib.provenance["source"] == "moa_plan.tasks:facts,codes seed=0 lines=1 margin=40"
+    assert all(s.bucket == 400 and len(s.input_ids) == 400 and s.answer_end > s.answer_start for s in calib.samples)
+    bad = tmp_path / "bad.parquet"
+    code, _, stderr = run(*base, "--task", "facts,lines", "--lines", 1, "-o", bad)
+    assert_one_sentence(code, stderr, "--lines applies to the recall tasks")
+    assert "lines" in stderr.strip().splitlines()[-1].split("not to")[-1]
+    records = records_file(tmp_path / "r.jsonl", [200])
+    code, _, stderr = run(*base, "--records", records, "--margin", 8, "-o", bad)
+    assert_one_sentence(code, stderr, "a --records file is used as it is")
+    code, _, stderr = run(*base, "--task", "facts", "--lines", 0, "-o", bad)
+    assert code == 2 and "--lines" in stderr and "Traceback" not in stderr
+    no_files(tmp_path, "bad.parquet")

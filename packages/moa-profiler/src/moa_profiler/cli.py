@@ -84,26 +84,45 @@ def _calibration_inputs(
     seed: int,
     template: str,
     system: str | None,
+    lines: int | None = None,
+    margin: int | None = None,
 ) -> tuple[list[Any], str]:
-    """Records from a file, or from a synthetic task drawn a little above each length; and their source."""
+    """Records from a file, or from a synthetic task drawn a little above each length; and their source.
+
+    ``lines`` (recall tasks only) is the number of lines per record; ``margin`` the tokens drawn above each
+    length before calibration cuts the record's middle to fit it (default ``max(16, N / 32)``).
+    """
     from moa_plan import Record
     from moa_profiler.calibration import encode_prompt
     from moa_profiler.records import load_records, task_records
 
     if records is not None:
+        if lines is not None or margin is not None:
+            raise click.UsageError("--lines and --margin shape --task records; a --records file is used as it is")
         return _run(load_records, records), str(records)
+    if lines is not None:
+        from moa_plan.tasks.facts import RECALL_TASKS
+
+        other = [t.strip() for t in str(task).split(",") if t.strip() and t.strip() not in RECALL_TASKS]
+        if other:
+            raise click.UsageError(
+                f"--lines applies to the recall tasks ({', '.join(RECALL_TASKS)}), not to {', '.join(other)}"
+            )
     probe = _run(encode_prompt, tokenizer, Record(task="probe", context="x"), template=template, system=system)
     inputs = _run(
         task_records,
         str(task),
         # A small margin above each length: the record then fills it after its middle is cut.
-        [n + max(16, n // 32) for n in lengths],
+        [n + (max(16, n // 32) if margin is None else margin) for n in lengths],
         num_samples,
         count_tokens=lambda t: len(tokenizer(t, add_special_tokens=False)["input_ids"]),
         overhead=probe.overhead,
         seed=seed,
+        options={} if lines is None else {"lines": lines},
     )
-    return inputs, f"moa_plan.tasks:{task} seed={seed}"
+    shape = "" if lines is None else f" lines={lines}"
+    shape += "" if margin is None else f" margin={margin}"
+    return inputs, f"moa_plan.tasks:{task} seed={seed}{shape}"
 
 
 @cli.command("calibrate")
@@ -117,6 +136,18 @@ def _calibration_inputs(
     "--num-samples", type=click.IntRange(min=1), default=8, show_default=True, help="Per length and task, with --task."
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --task records.")
+@click.option(
+    "--lines",
+    type=click.IntRange(min=1),
+    help="Lines per record of the recall tasks (facts, quotes, items, codes; default 4: the asked line among three "
+    "others). 1: one line at any depth, a single fact as NIAH and passkey hold.",
+)
+@click.option(
+    "--margin",
+    type=click.IntRange(min=0),
+    help="Tokens a --task record is drawn above each length before its middle is cut to fit (default max(16, N/32)); "
+    "more when a record comes out shorter than its length.",
+)
 @click.option("--lengths", type=LengthList(), default="512,1024,2048", show_default=True, help="Exact sample lengths.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True, help="Answer cap.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
@@ -157,6 +188,8 @@ def calibrate(
     task: str | None,
     num_samples: int,
     seed: int,
+    lines: int | None,
+    margin: int | None,
     lengths: list[int],
     max_new_tokens: int,
     batch_size: int,
@@ -196,7 +229,9 @@ def calibrate(
         fit=fit or ("each" if records is not None else "largest"),
         answers=answers,
     )
-    inputs, source = _calibration_inputs(tokenizer, records, task, lengths, num_samples, seed, template, system)
+    inputs, source = _calibration_inputs(
+        tokenizer, records, task, lengths, num_samples, seed, template, system, lines=lines, margin=margin
+    )
     model = _run(load_model, model_path, dtype=dtype, device=_device(device), device_map=_device_map(device_map))
     samples = _run(build_calibration, model, tokenizer, inputs, settings, source=source, progress=not quiet)
     provenance = {

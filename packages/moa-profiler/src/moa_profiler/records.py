@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from moa_plan import Record, read_records
@@ -67,11 +67,13 @@ def task_records(
     count_tokens: Callable[[str], int],
     overhead: int,
     seed: int = 0,
+    options: Mapping[str, int] | None = None,
 ) -> list[Record]:
     """Records of synthetic tasks, ``per_length`` of each task for each target prompt length.
 
     ``task`` is one name of ``moa_plan.tasks`` or several, comma-separated (a mixed calibration
-    set: each task adds ``per_length`` records per length).
+    set: each task adds ``per_length`` records per length). ``options`` go to every task's
+    generator (e.g. ``{"lines": 1}`` for the recall tasks).
 
     Raises:
         CalibrationError: if moa_plan has no task generators.
@@ -96,6 +98,7 @@ def task_records(
                     count_tokens=count_tokens,
                     seed=seed + index,
                     overhead=overhead,
+                    **dict(options or {}),
                 )
             )
     return out
