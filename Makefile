@@ -157,7 +157,7 @@ GATES := plans/smollm2-135m-instruct/gates-64-reference
 # Run as one target (twenty-fifth session, quiet machine): 53 min 53 s, and all 11 plans equal their committed files
 # rule for rule (RESULTS.md, "Twenty-fifth session").
 S16B32_GRID := --extend 8x --alphas 0,48,64,96,128 --betas 0,0.125,0.25,0.375,0.5,0.625,0.75,0.875,1 --threads 1
-plans-smollm2: assets ## The committed SmolLM2 gate plans (MoA, per-layer, DuoAttention-style, MoA + prose at 50% and 25%; the sink 16 + block 32 plans at 25% and 12.5%, and the guarded 25% choice) from the committed gates (54 min on 2 cores, measured)
+plans-smollm2: assets ## The committed SmolLM2 gate plans (MoA, per-layer, DuoAttention-style, MoA + prose at 50% and 25%; the sink 16 + block 32 plans at 25% and 12.5%, the guarded 25% choice, and the single-line 25% plans) from the committed gates (54 min on 2 cores, measured)
 	for n in 1024 2048; do \
 		$(BIN)/moa calibrate $(EXPERIMENT_CALIB) --lengths $$n --num-samples 4 \
 			--out $(PLANS_OUT)/ref16-$$n/calibration.parquet && \
