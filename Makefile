@@ -89,8 +89,8 @@ EXPERIMENT_OUT ?= runs/experiment
 # 1 h 55 min on 2 cores, part of it beside tests (about 1 h 42 min quiet); the committed gates within 1.5e-6, the
 # committed MoA plans rule for rule and the same table cell for cell (RESULTS.md, twenty-seventh session).
 # EXPERIMENT_LENGTHS: the profiled lengths (e.g. `make experiment EXPERIMENT_LENGTHS="1024 2048 4096"`, the issue's three;
-# gates at 4096 take about 2 h 10 min on two threads, and with that calibration set the plans retrieve less: RESULTS.md,
-# thirtieth session). The plans are constrained at each of them and at 8x the longest (EXPERIMENT_GRID's --extend).
+# gates at 4096 take about 2 h 10 min on two threads; from that calibration set a three-length 25% plan, with --extend 4x,
+# retrieved less: RESULTS.md, thirtieth session). The plans are constrained at each length and at 8x the longest.
 EXPERIMENT_LENGTHS ?= 1024 2048
 EXPERIMENT_CALIB := --model models/smollm2-135m-instruct --task facts,quotes,items,codes \
 	--max-new-tokens 8 --template plain --seed 3 --answers reference --quiet
